@@ -1,0 +1,234 @@
+"""The AdaBLDM reference pipeline: one call turns OK images + defect masks into samples.
+
+Per sample: seed -> trimap, defect mask M, latent mask -> blended DDIM (stages 1-3) ->
+online decoder adaptation (stage 4). Every sample has its own seed derived from
+(base seed, sample index), so a sample never changes with batch size or order.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .adaptation import adapt_decoder
+from .config import LATENT_STRIDE, GenerationConfig
+from .masks import Placement, foreground_mask, latent_keep_mask, make_trimap, place_defect, resize_gray
+from .models import Models, encode_prompts, make_scheduler
+from .procedural import KINDS, procedural_mask
+from .quality import masked_psnr
+from .sampler import BlendTargets, ControlNetCFG, NoiseSource, VaeCodec, sample_blended
+
+
+def sample_seed(base_seed: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` of a run seeded ``base_seed``."""
+    state = np.random.SeedSequence([base_seed, index]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Gray (H, W), RGB or RGBA (H, W, 3|4) uint8 -> RGB (H, W, 3) uint8."""
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return image[:, :, :3]
+    raise ValueError(f"image of shape {image.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+
+
+def prepare_ok_image(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Any-size gray/RGB/RGBA uint8 image -> (resolution, resolution, 3) uint8."""
+    rgb = to_rgb(image)
+    if rgb.shape[:2] != (resolution, resolution):
+        rgb = np.asarray(Image.fromarray(rgb).resize((resolution, resolution), Image.BICUBIC))
+    return np.ascontiguousarray(rgb)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [-1, 1] -> (H, W, 3) uint8."""
+    y = ((x[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.permute(1, 2, 0).numpy()
+
+
+@dataclass(frozen=True)
+class OkImage:
+    """A defect-free image at the working resolution, with an optional foreground mask."""
+
+    name: str
+    rgb: np.ndarray  # (R, R, 3) uint8
+    foreground: np.ndarray | None = None  # (R, R) bool; None: from MaskConfig.foreground
+
+
+class MaskSource(Protocol):
+    def draw(self, rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
+        """(name, (size, size) uint8 defect mask) for one sample."""
+
+
+@dataclass(frozen=True)
+class RealMasks:
+    """Few-shot real defect masks (any size; resized to the working resolution)."""
+
+    masks: tuple[tuple[str, np.ndarray], ...]
+
+    def draw(self, rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
+        name, mask = self.masks[int(rng.integers(len(self.masks)))]
+        return name, resize_gray(mask, size)
+
+
+@dataclass(frozen=True)
+class ProceduralMasks:
+    """Generated blobs, scratches and cracks, for users without real masks."""
+
+    kinds: tuple[str, ...] = KINDS
+
+    def draw(self, rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
+        kind = self.kinds[int(rng.integers(len(self.kinds)))]
+        return f"procedural:{kind}", procedural_mask(kind, rng, size)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Everything about one sample decided before diffusion."""
+
+    index: int
+    seed: int
+    source: str
+    mask_source: str
+    rgb: np.ndarray  # (R, R, 3) uint8 OK image
+    trimap: np.ndarray  # (R, R) uint8, 0 / 127 / 255
+    mask: np.ndarray  # (R, R) bool, M
+    m_keep: np.ndarray  # (R/8, R/8) float32, 1 = keep OK latent
+    placement: Placement
+
+
+@dataclass
+class Sample:
+    plan: SamplePlan
+    image: np.ndarray  # adapted, (R, R, 3) uint8
+    blended: np.ndarray  # before adaptation, (R, R, 3) uint8
+    timings: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def mask_uint8(self) -> np.ndarray:
+        return self.plan.mask.astype(np.uint8) * 255
+
+
+def plan_sample(
+    index: int, cfg: GenerationConfig, ok_images: Sequence[OkImage], masks: MaskSource
+) -> SamplePlan:
+    """Sample ``index`` uses OK image ``index % len(ok_images)`` and a seeded defect mask."""
+    if not ok_images:
+        raise ValueError("no OK images to generate from")
+    seed = sample_seed(cfg.seed, index)
+    rng = np.random.default_rng(seed)
+    ok = ok_images[index % len(ok_images)]
+    fg = ok.foreground
+    if fg is None:
+        gray = np.asarray(Image.fromarray(ok.rgb).convert("L"))
+        fg = foreground_mask(gray, cfg.masks.foreground)
+    mask_name, source_mask = masks.draw(rng, cfg.resolution)
+    mask, placement = place_defect(source_mask, fg, cfg.masks, rng)
+    trimap = make_trimap(fg, mask)
+    m_keep = latent_keep_mask(trimap, LATENT_STRIDE, cfg.masks)
+    return SamplePlan(index, seed, ok.name, mask_name, ok.rgb, trimap, mask, m_keep, placement)
+
+
+class AdaBLDM:
+    """The reference pipeline over loaded models (text embeddings computed once)."""
+
+    def __init__(self, models: Models, cfg: GenerationConfig, device: str | torch.device = "cpu"):
+        self.models, self.cfg, self.device = models, cfg, torch.device(device)
+        self.scheduler = make_scheduler()
+        self.codec = VaeCodec(models.vae, models.latent_scale)
+        prompt_emb, empty_emb = encode_prompts(models, [cfg.prompt, ""]).split(1)
+        self.prompt_emb, self.empty_emb = prompt_emb, empty_emb  # (1, 77, d) each
+
+    def _denoiser(self, hint: torch.Tensor) -> ControlNetCFG:
+        b = hint.shape[0]
+        text_ctx = torch.cat([self.empty_emb.expand(b, -1, -1), self.prompt_emb.expand(b, -1, -1)])
+        control_ctx = self.empty_emb.expand(2 * b, -1, -1)  # ControlNet: empty prompt
+        s = self.cfg.sampler
+        return ControlNetCFG(
+            self.models.unet, self.models.controlnet, text_ctx, control_ctx, hint, s.guidance, s.control_scale
+        )
+
+    @torch.no_grad()
+    def diffuse(self, plans: Sequence[SamplePlan], callback: Callable[[int], None] | None = None):
+        """Stages 1-3 for a batch: (z*, x_ok, mask), z* (B, 4, h, w) scaled latents."""
+        dev = self.device
+        noise = NoiseSource([torch.Generator().manual_seed(p.seed) for p in plans], dev)
+        x_ok = torch.cat([to_tensor(p.rgb) for p in plans]).to(dev)
+        mask = torch.stack([torch.from_numpy(p.mask).float()[None] for p in plans]).to(dev)
+        m_keep = torch.stack([torch.from_numpy(p.m_keep)[None] for p in plans]).to(dev)
+        hint = torch.stack([torch.from_numpy(p.trimap).float().div(255).expand(3, -1, -1) for p in plans])
+        r = self.cfg.resolution // LATENT_STRIDE
+        z_t = noise.randn(4, r, r)  # drawn first: z_T is the first noise of each sample
+        z_ok = self.codec.encode(x_ok, noise.randn(4, r, r))
+        targets = BlendTargets(z_ok=z_ok, m_keep=m_keep, x_ok=x_ok, mask=mask)
+        z = sample_blended(
+            self._denoiser(hint.to(dev)), z_t, self.scheduler, self.cfg.sampler,
+            targets, self.codec, noise, callback,
+        )
+        return z, x_ok, mask
+
+    def run(
+        self,
+        plans: Sequence[SamplePlan],
+        finish: Callable[[SamplePlan], bool] | None = None,
+        callback: Callable[[int], None] | None = None,
+    ) -> list[Sample]:
+        """Generate one batch: diffusion batched, adaptation per sample.
+
+        ``finish`` selects the plans to adapt and return (default: all); the others still
+        take part in the batched diffusion, so a batch is always computed the same way.
+        """
+        t0 = time.perf_counter()
+        z, x_ok, mask = self.diffuse(plans, callback)
+        with torch.no_grad():
+            x_fg = self.codec.decode(z)
+        diffusion_s = (time.perf_counter() - t0) / len(plans)
+        return [
+            self._adapt(plan, z[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1], mask[b : b + 1], diffusion_s)
+            for b, plan in enumerate(plans)
+            if finish is None or finish(plan)
+        ]
+
+    def _adapt(self, plan: SamplePlan, z, x_fg, x_ok, mask, diffusion_s: float) -> Sample:
+        """Stage 4 for one sample, with its quality figures."""
+        t1 = time.perf_counter()
+        adapted = adapt_decoder(
+            self.models.vae, z, x_fg, x_ok, mask, self.cfg.adapt, self.models.latent_scale
+        )
+        sample = Sample(plan, image=to_uint8(adapted.image), blended=to_uint8(x_fg))
+        sample.timings = {"diffusion_s": diffusion_s, "adapt_s": time.perf_counter() - t1}
+        keep = ~plan.mask
+        sample.quality = {
+            "bg_psnr_before": masked_psnr(sample.blended, plan.rgb, keep),
+            "bg_psnr_after": masked_psnr(sample.image, plan.rgb, keep),
+            "adapt_loss_first": adapted.loss_first,
+            "adapt_loss_final": adapted.loss_final,
+        }
+        return sample
+
+    def generate(
+        self,
+        num: int,
+        ok_images: Sequence[OkImage],
+        masks: MaskSource,
+        batch_size: int = 1,
+        start: int = 0,
+    ) -> list[Sample]:
+        """Samples ``start .. start+num-1`` (same result for any ``batch_size``)."""
+        plans = [plan_sample(i, self.cfg, ok_images, masks) for i in range(start, start + num)]
+        out: list[Sample] = []
+        for k in range(0, num, batch_size):
+            out.extend(self.run(plans[k : k + batch_size]))
+        return out

@@ -1,0 +1,125 @@
+"""``adabldm-run``: command line -> frozen JobConfig -> run_job. No logic here."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from adabldm_ref.config import AdaptConfig, GenerationConfig, MaskConfig, SamplerConfig
+from adabldm_ref.procedural import KINDS
+
+from .job import EXIT_OK, JobConfig, run_job
+
+EXIT_ERROR = 1
+
+
+def _scale_range(ctx, param, value: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected two numbers 'LOW,HIGH', e.g. 0.85,1.15")
+    if not 0 < lo <= hi:
+        raise click.BadParameter(f"{value!r}: expected 0 < LOW <= HIGH")
+    return lo, hi
+
+
+def _kinds(ctx, param, value: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise click.BadParameter(f"{value!r}: expected a comma list of {', '.join(KINDS)}")
+    return kinds
+
+
+def _device(value: str) -> str:
+    if value != "auto":
+        return value
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--batch", "batch_mode", is_flag=True, help="Bulk synthesis job (the only mode so far).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output category folder (MVTec AD layout).")
+@click.option("--num", default=8, show_default=True, help="Number of samples (a larger --num on an existing --out adds more).")
+@click.option("--object", "object_name", default="texture", show_default=True, help="Object name in the prompt 'a {object} with a {defect}'.")
+@click.option("--defect", default="defect", show_default=True, help="Defect type: prompt word and output sub-folder.")
+@click.option("--images", type=click.Path(path_type=Path), help="Folder of OK (defect-free) images, any size. [default: scikit-image brick, gravel]")
+@click.option("--foreground", type=click.Path(path_type=Path), help="Folder of foreground masks named like the images (NAME.png or NAME_mask.png).")
+@click.option("--foreground-mode", type=click.Choice(["full", "otsu"]), default="full", show_default=True, help="Without --foreground: whole image (textures) or Otsu + 5x5 close (objects).")
+@click.option("--masks", type=click.Path(path_type=Path), help="Folder of real defect masks (e.g. MVTec ground_truth/<defect>). [default: procedural]")
+@click.option("--procedural", default=",".join(KINDS), show_default=True, callback=_kinds, help="Procedural mask kinds when no --masks.")
+@click.option("--seed", default=0, show_default=True, help="Base seed; sample i uses a seed derived from (seed, i).")
+@click.option("--steps", default=50, show_default=True, help="DDIM steps (stage windows scale with it).")
+@click.option("--guidance", default=9.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--control-scale", default=1.0, show_default=True, help="ControlNet conditioning scale.")
+@click.option("--adapt-iters", default=200, show_default=True, help="Online decoder adaptation iterations (0: off).")
+@click.option("--preservation", default=100.0, show_default=True, help="Adaptation background weight (lambda).")
+@click.option("--resolution", default=256, show_default=True, help="Working resolution, a multiple of 64.")
+@click.option("--renoise", type=click.Choice(["next", "current"]), default="next", show_default=True, help="Pixel stage: re-noise to the next timestep (fixed) or the current one (authors' code).")
+@click.option("--keep-thin", is_flag=True, help="Keep defects thinner than 8 px in the latent mask (any-pixel cells instead of nearest).")
+@click.option("--rotate", default=0.0, show_default=True, help="Random defect rotation up to this many degrees (paper: 360).")
+@click.option("--scale-range", default="1.0,1.0", show_default=True, callback=_scale_range, help="Random defect scale range LOW,HIGH (paper: 0.85,1.15).")
+@click.option("--prompt-suffix", default="", help="Appended to the prompt (authors: ', black background.').")
+@click.option("--model", help="Local diffusers SD-1.5 directory. [default: built-in tiny model]")
+@click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
+@click.option("--batch-size", default=1, show_default=True, help="Samples per diffusion batch (CFG runs 2x this).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(batch_mode, out, num, object_name, defect, images, foreground, foreground_mode, masks,
+         procedural, seed, steps, guidance, control_scale, adapt_iters, preservation, resolution,
+         renoise, keep_thin, rotate, scale_range, prompt_suffix, model, controlnet, allow_pickle,
+         batch_size, device, quiet):
+    """Synthesise defect images with pixel-exact masks (AdaBLDM) in bulk.
+
+    \b
+    Outputs (OUT is the category folder):
+      OUT/test/DEFECT/NNNN.png               synthetic defect images
+      OUT/ground_truth/DEFECT/NNNN_mask.png  binary masks (0/255)
+      OUT/extra/DEFECT/                      source, trimap, pre-adaptation blend
+      OUT/manifest.jsonl, OUT/contact_sheet.png
+    Rerunning the same command resumes an interrupted run.
+    Exit codes: 0 all done, 1 error, 2 usage, 3 done but inputs/samples skipped, 130 interrupted.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if not batch_mode:
+        raise click.UsageError("choose a mode: --batch (bulk synthesis)")
+    if out is None:
+        raise click.UsageError("--batch needs --out DIR")
+    try:
+        gen = GenerationConfig(
+            object_name=object_name,
+            defect=defect,
+            resolution=resolution,
+            seed=seed,
+            prompt_suffix=prompt_suffix,
+            sampler=SamplerConfig(steps=steps, guidance=guidance, control_scale=control_scale, renoise=renoise),
+            masks=MaskConfig(keep_thin=keep_thin, rotate=rotate, scale=scale_range, foreground=foreground_mode),
+            adapt=AdaptConfig(iters=adapt_iters, preservation=preservation),
+        )
+        cfg = JobConfig(
+            out=out, num=num, generation=gen, images=images, foreground=foreground, masks=masks,
+            procedural=procedural, model=model, controlnet=controlnet, allow_pickle=allow_pickle,
+            batch_size=batch_size, device=_device(device),
+        )
+        report = run_job(cfg, progress=not quiet)
+    except ValueError as exc:  # InputError, ModelLoadError, PlacementError, bad settings
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    done = report.resumed + report.generated
+    click.echo(
+        f"{done}/{report.total} samples in {report.out} ({report.generated} new, {report.resumed} resumed)"
+        + (f"; {len(report.skipped_inputs)} input(s) skipped" if report.skipped_inputs else "")
+        + (f"; {len(report.failed)} sample(s) failed: {sorted(report.failed)}" if report.failed else ""),
+        err=True,
+    )
+    if report.exit_code != EXIT_OK:
+        sys.exit(report.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""The bulk job: inputs -> samples in the MVTec AD layout, resumable, one manifest line each.
+
+Layout under ``out`` (``out`` is the category folder):
+  test/{defect}/NNNN.png              adapted synthetic defect image
+  ground_truth/{defect}/NNNN_mask.png binary defect mask (0 / 255)
+  extra/{defect}/NNNN_{source,blended,trimap}.png
+  manifest.jsonl, run.json, contact_sheet.png
+Samples are computed in fixed chunks of ``batch_size`` consecutive indices, so a resumed
+run computes every remaining sample exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from adabldm_ref.config import GenerationConfig
+from adabldm_ref.masks import PlacementError
+from adabldm_ref.models import load_models
+from adabldm_ref.pipeline import (
+    AdaBLDM,
+    MaskSource,
+    OkImage,
+    ProceduralMasks,
+    RealMasks,
+    Sample,
+    SamplePlan,
+    plan_sample,
+    prepare_ok_image,
+)
+
+from .contact import contact_sheet
+from .io import (
+    InputError,
+    append_line,
+    list_images,
+    read_gray,
+    read_image,
+    write_json,
+    write_png,
+    write_text,
+)
+
+log = logging.getLogger("adabldm")
+FORMAT_VERSION = 1
+EXIT_OK, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 3, 130
+DEFAULT_TEXTURES = ("brick", "gravel")  # shipped with scikit-image
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    out: Path
+    num: int
+    generation: GenerationConfig
+    images: Path | None = None  # None: scikit-image textures
+    foreground: Path | None = None  # masks with the images' file stems
+    masks: Path | None = None  # None: procedural masks
+    procedural: tuple[str, ...] = ("blob", "scratch", "crack")
+    model: str | None = None  # None: built-in tiny model
+    controlnet: str | None = None
+    allow_pickle: bool = False
+    batch_size: int = 1
+    device: str = "cpu"
+    contact_rows: int = 16
+
+    def __post_init__(self) -> None:
+        if self.num < 1:
+            raise ValueError(f"--num {self.num}: expected at least 1 sample")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size}: expected at least 1")
+
+
+@dataclass
+class JobReport:
+    out: Path
+    total: int
+    resumed: int = 0
+    generated: int = 0
+    skipped_inputs: list[str] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_PARTIAL if self.skipped_inputs or self.failed else EXIT_OK
+
+
+@dataclass(frozen=True)
+class Layout:
+    out: Path
+    defect: str
+
+    def image(self, i: int) -> Path:
+        return self.out / "test" / self.defect / f"{i:04d}.png"
+
+    def mask(self, i: int) -> Path:
+        return self.out / "ground_truth" / self.defect / f"{i:04d}_mask.png"
+
+    def extra(self, i: int, kind: str) -> Path:
+        return self.out / "extra" / self.defect / f"{i:04d}_{kind}.png"
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "manifest.jsonl"
+
+    @property
+    def run_record(self) -> Path:
+        return self.out / "run.json"
+
+    @property
+    def sheet(self) -> Path:
+        return self.out / "contact_sheet.png"
+
+    def complete(self, i: int) -> bool:
+        return self.image(i).is_file() and self.mask(i).is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+
+
+def _foreground_for(image_path: Path, folder: Path, shape: tuple[int, int]) -> np.ndarray:
+    candidates = [p for p in list_images(folder, "foreground mask") if p.stem in (image_path.stem, f"{image_path.stem}_mask")]
+    if not candidates:
+        raise InputError(f"{image_path}: no foreground mask named {image_path.stem}.* or {image_path.stem}_mask.* in {folder}")
+    fg = read_gray(candidates[0])
+    if fg.shape != shape:
+        raise InputError(
+            f"foreground mask {candidates[0]} is {fg.shape[1]}x{fg.shape[0]} but image {image_path}"
+            f" is {shape[1]}x{shape[0]}"
+        )
+    return fg
+
+
+def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
+    """OK images at the working resolution; unreadable ones are reported and skipped."""
+    res = cfg.generation.resolution
+    if cfg.images is None:
+        from skimage import data
+
+        return [OkImage(f"skimage:{n}", prepare_ok_image(getattr(data, n)(), res)) for n in DEFAULT_TEXTURES]
+    images = []
+    for path in list_images(cfg.images, "OK image"):
+        try:
+            array = read_image(path)
+            fg = None
+            if cfg.foreground is not None:
+                fg_raw = _foreground_for(path, cfg.foreground, array.shape[:2])
+                fg = np.asarray(Image.fromarray(fg_raw).resize((res, res), Image.NEAREST)) >= 128
+                if not fg.any():
+                    raise InputError(f"foreground mask for {path} is empty (no pixel >= 128)")
+            images.append(OkImage(str(path), prepare_ok_image(array, res), fg))
+        except InputError as exc:
+            log.warning("skipped: %s", exc)
+            skipped.append(str(exc))
+    if not images:
+        raise InputError(f"none of the OK images in {cfg.images} could be used")
+    return images
+
+
+def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
+    if cfg.masks is None:
+        return ProceduralMasks(tuple(cfg.procedural))
+    masks = []
+    threshold = cfg.generation.masks.binarize_at
+    for path in list_images(cfg.masks, "defect mask"):
+        try:
+            mask = read_gray(path)
+            if not (mask >= threshold).any():
+                raise InputError(f"defect mask {path} has no pixel >= {threshold} (no defect)")
+            masks.append((str(path), mask))
+        except InputError as exc:
+            log.warning("skipped: %s", exc)
+            skipped.append(str(exc))
+    if not masks:
+        raise InputError(f"none of the defect masks in {cfg.masks} could be used")
+    return RealMasks(tuple(masks))
+
+
+def inputs_digest(images: Sequence[OkImage], masks: MaskSource) -> str:
+    h = hashlib.sha256()
+    for ok in images:
+        h.update(ok.name.encode())
+        h.update(ok.rgb.tobytes())
+        if ok.foreground is not None:
+            h.update(ok.foreground.tobytes())
+    if isinstance(masks, RealMasks):
+        for name, m in masks.masks:
+            h.update(name.encode())
+            h.update(m.tobytes())
+    else:
+        h.update(repr(masks).encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# Resume
+
+
+def open_run(layout: Layout, record: dict) -> set[int]:
+    """Check the folder belongs to this run and return the indices already finished.
+
+    A folder of another run is refused; manifest lines whose files are missing, and a
+    torn last line, are dropped (those samples are made again).
+    """
+    if layout.run_record.exists():
+        old = json.loads(layout.run_record.read_text())
+        if old.get("run_key") != record["run_key"]:
+            diff = [k for k in ("settings_hash", "model_identity", "inputs_digest") if old.get(k) != record[k]]
+            raise InputError(
+                f"{layout.out} holds a run with other {', '.join(diff) or 'settings'}"
+                f" ({old.get('run_key')} vs {record['run_key']}): choose another --out,"
+                " or rerun with the settings of run.json to resume it"
+            )
+    else:
+        layout.out.mkdir(parents=True, exist_ok=True)
+        write_json(layout.run_record, record)
+    entries, dropped = {}, 0
+    if layout.manifest.exists():
+        for line in layout.manifest.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                i = int(entry["index"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if entry.get("run_key") == record["run_key"] and layout.complete(i) and i not in entries:
+                entries[i] = line
+            else:
+                dropped += 1
+        if dropped:
+            log.warning("manifest: dropped %d incomplete line(s); those samples are made again", dropped)
+            write_text(layout.manifest, "".join(entries[i] + "\n" for i in sorted(entries)))
+    return set(entries)
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int) -> None:
+    """Write one sample's files, then its manifest line (the commit point)."""
+    t0 = time.perf_counter()
+    p, i = sample.plan, sample.plan.index
+    write_png(layout.mask(i), sample.mask_uint8)
+    write_png(layout.extra(i, "source"), p.rgb)
+    write_png(layout.extra(i, "trimap"), p.trimap)
+    write_png(layout.extra(i, "blended"), sample.blended)
+    write_png(layout.image(i), sample.image)
+    timings = {**sample.timings, "write_s": time.perf_counter() - t0}
+    entry = {
+        "index": i,
+        "image": str(layout.image(i).relative_to(layout.out)),
+        "mask": str(layout.mask(i).relative_to(layout.out)),
+        "seed": p.seed,
+        "source": p.source,
+        "mask_source": p.mask_source,
+        "placement": dataclasses.asdict(p.placement),
+        "defect_pixels": int(p.mask.sum()),
+        "batch_size": batch_size,
+        "run_key": run_key,
+        "settings": settings,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "quality": {k: round(float(v), 4) for k, v in sample.quality.items()},
+    }
+    append_line(layout.manifest, json.dumps(entry, sort_keys=True))
+
+
+def write_contact_sheet(layout: Layout, rows: int) -> None:
+    if not layout.manifest.exists():
+        return
+    indices = sorted(json.loads(line)["index"] for line in layout.manifest.read_text().splitlines())
+    tiles = []
+    for i in indices[:rows]:
+        tiles.append(
+            [
+                np.asarray(Image.open(layout.extra(i, "source"))),
+                np.asarray(Image.open(layout.extra(i, "trimap"))),
+                np.asarray(Image.open(layout.extra(i, "blended"))),
+                np.asarray(Image.open(layout.image(i))),
+                np.asarray(Image.open(layout.mask(i))),
+            ]
+        )
+    if tiles:
+        labels = ("source", "trimap", "blended", "adapted", "mask")
+        write_png(layout.sheet, contact_sheet(tiles, labels, [f"{i:04d}" for i in indices[:rows]]))
+
+
+# ---------------------------------------------------------------------------------------
+# The job
+
+
+def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
+    """Generate samples 0..num-1 into ``cfg.out`` (skipping finished ones)."""
+    gen = cfg.generation
+    report = JobReport(cfg.out, cfg.num)
+    images = load_ok_images(cfg, report.skipped_inputs)
+    masks = load_mask_source(cfg, report.skipped_inputs)
+    models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
+    models.unet.to(cfg.device), models.controlnet.to(cfg.device), models.vae.to(cfg.device)
+    models.text_encoder.to(cfg.device)
+    settings = gen.to_dict()
+    record = {
+        "format_version": FORMAT_VERSION,
+        "settings_hash": gen.digest(),
+        "settings": settings,
+        "model": cfg.model or "tiny",
+        "controlnet": cfg.controlnet,
+        "model_identity": models.identity(),
+        "inputs_digest": inputs_digest(images, masks),
+        "inputs": [ok.name for ok in images],
+    }
+    key_src = f"{record['settings_hash']}:{record['model_identity']}:{record['inputs_digest']}"
+    record["run_key"] = run_key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    layout = Layout(cfg.out, gen.defect)
+    done = open_run(layout, record)
+    report.resumed = len(done & set(range(cfg.num)))
+    pipeline = AdaBLDM(models, gen, cfg.device)
+
+    bar = tqdm(total=cfg.num, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, cfg.num, cfg.batch_size):
+            chunk = range(start, min(start + cfg.batch_size, cfg.num))
+            todo = [i for i in chunk if i not in done]
+            if not todo:
+                continue
+            plans = _plan_chunk(chunk, gen, images, masks, report)
+            bar.update(sum(i in report.failed for i in todo))  # failed samples are done too
+            todo = [i for i in todo if i not in report.failed]
+            if not todo:
+                continue
+            steps = gen.sampler.steps
+            bar.set_postfix_str(f"diffusion {todo[0]:04d}..")
+            samples = pipeline.run(
+                plans,
+                finish=lambda p: p.index in todo,
+                callback=lambda s: bar.set_postfix_str(f"diffusion step {s + 1}/{steps}"),
+            )
+            for sample in samples:
+                write_sample(layout, sample, run_key, settings, cfg.batch_size)
+                report.generated += 1
+                bar.update(1)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        log.warning("interrupted: finished samples are kept; rerun the same command to resume")
+    finally:
+        bar.close()
+        write_contact_sheet(layout, cfg.contact_rows)
+    return report
+
+
+def _plan_chunk(chunk, gen, images, masks, report: JobReport) -> list[SamplePlan]:
+    plans = []
+    for i in chunk:
+        try:
+            plans.append(plan_sample(i, gen, images, masks))
+        except PlacementError as exc:
+            report.failed[i] = str(exc)
+            log.warning("sample %04d skipped: %s", i, exc)
+    return plans
