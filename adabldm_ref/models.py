@@ -97,13 +97,25 @@ def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
 
 
 def _perturb_controlnet(controlnet: ControlNetModel, generator: torch.Generator) -> None:
-    """Give the zero convolutions seeded weights, else the ControlNet would do nothing."""
+    """Give the zero convolutions seeded weights, else the ControlNet would do nothing.
+
+    diffusers zero-initialises the output convs to the UNet and the last conv of the hint
+    encoder (without the latter the trimap would not reach the network at all).
+    """
     zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
     for conv in zero_convs:
         fan_in = conv.weight[0].numel()
-        std = 1.0 / fan_in**0.5
-        conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * std
+        conv.weight.data = torch.randn(conv.weight.shape, generator=generator) / fan_in**0.5
         conv.bias.data = torch.randn(conv.bias.shape, generator=generator) * 0.02
+    # He-normal hint encoder (its last conv is zero too); the last conv gets a gain so the
+    # trimap's embedding is about as large as the latent's (a trained ControlNet's is).
+    embedding = controlnet.controlnet_cond_embedding
+    convs = [embedding.conv_in, *embedding.blocks, embedding.conv_out]
+    for conv in convs:
+        gain = 10.0 if conv is embedding.conv_out else 1.0
+        fan_in = conv.weight[0].numel()
+        conv.weight.data = torch.randn(conv.weight.shape, generator=generator) * gain * (2.0 / fan_in) ** 0.5
+        conv.bias.data.zero_()
     # Move the copied UNet encoder off the UNet's weights so the branch is its own network.
     for p in controlnet.parameters():
         p.data.add_(torch.randn(p.shape, generator=generator) * 0.01)

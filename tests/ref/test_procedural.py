@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adabldm_ref.procedural import KINDS, procedural_mask
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_procedural_masks_are_binary_nonempty_and_seeded(kind):
+    for seed in range(5):
+        m = procedural_mask(kind, np.random.default_rng(seed), 256)
+        assert m.shape == (256, 256) and m.dtype == np.uint8
+        assert set(np.unique(m)) == {0, 255}
+        assert 0 < (m == 255).mean() < 0.3
+        again = procedural_mask(kind, np.random.default_rng(seed), 256)
+        assert np.array_equal(m, again)
+
+
+def test_scratches_are_thin_and_blobs_are_not():
+    rng = np.random.default_rng(0)
+    scratch = procedural_mask("scratch", rng, 256) == 255
+    blob = procedural_mask("blob", rng, 256) == 255
+    # area per bounding-box perimeter: lines are thin
+    assert scratch.sum() / max(np.ptp(np.argwhere(scratch), 0).sum(), 1) < 4
+    assert blob.sum() / max(np.ptp(np.argwhere(blob), 0).sum(), 1) > 8
+
+
+def test_unknown_kind_is_a_clear_error():
+    with pytest.raises(ValueError, match="expected one of blob, scratch, crack"):
+        procedural_mask("dent", np.random.default_rng(0), 64)
