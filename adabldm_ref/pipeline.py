@@ -142,19 +142,34 @@ def plan_sample(
 
 
 class AdaBLDM:
-    """The reference pipeline over loaded models (text embeddings computed once)."""
+    """The reference pipeline over loaded models (text embeddings computed once).
+
+    Subclasses swap the networks (e.g. exported engines) by calling :meth:`_setup` with
+    their own codec and embeddings and overriding :meth:`_denoiser`; the sampler loop,
+    adaptation and bookkeeping stay the same.
+    """
 
     def __init__(self, models: Models, cfg: GenerationConfig, device: str | torch.device = "cpu"):
-        self.models, self.cfg, self.device = models, cfg, torch.device(device)
-        self.scheduler = make_scheduler()
-        self.codec = VaeCodec(models.vae, models.latent_scale)
-        prompt_emb, empty_emb = encode_prompts(models, [cfg.prompt, ""]).split(1)
-        self.prompt_emb, self.empty_emb = prompt_emb, empty_emb  # (1, 77, d) each
+        self.models = models
+        embeddings = encode_prompts(models, [cfg.prompt, ""])
+        codec = VaeCodec(models.vae, models.latent_scale)
+        self._setup(cfg, device, codec, embeddings, models.vae, models.latent_scale)
 
-    def _denoiser(self, hint: torch.Tensor) -> ControlNetCFG:
-        b = hint.shape[0]
+    def _setup(self, cfg, device, codec, embeddings: torch.Tensor, adapt_vae, latent_scale: float) -> None:
+        """embeddings: (2, 77, d), the prompt's then the empty prompt's."""
+        self.cfg, self.device = cfg, torch.device(device)
+        self.scheduler = make_scheduler()
+        self.codec = codec
+        self.prompt_emb, self.empty_emb = embeddings.to(self.device).split(1)  # (1, 77, d) each
+        self.adapt_vae, self.latent_scale = adapt_vae, latent_scale
+
+    def _contexts(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2b, 77, d) UNet context (uncond rows first) and ControlNet context (empty prompt)."""
         text_ctx = torch.cat([self.empty_emb.expand(b, -1, -1), self.prompt_emb.expand(b, -1, -1)])
-        control_ctx = self.empty_emb.expand(2 * b, -1, -1)  # ControlNet: empty prompt
+        return text_ctx, self.empty_emb.expand(2 * b, -1, -1).contiguous()
+
+    def _denoiser(self, hint: torch.Tensor):
+        text_ctx, control_ctx = self._contexts(hint.shape[0])
         s = self.cfg.sampler
         return ControlNetCFG(
             self.models.unet, self.models.controlnet, text_ctx, control_ctx, hint, s.guidance, s.control_scale
@@ -205,7 +220,7 @@ class AdaBLDM:
         """Stage 4 for one sample, with its quality figures."""
         t1 = time.perf_counter()
         adapted = adapt_decoder(
-            self.models.vae, z, x_fg, x_ok, mask, self.cfg.adapt, self.models.latent_scale
+            self.adapt_vae, z, x_fg, x_ok, mask, self.cfg.adapt, self.latent_scale
         )
         sample = Sample(plan, image=to_uint8(adapted.image), blended=to_uint8(x_fg))
         sample.timings = {"diffusion_s": diffusion_s, "adapt_s": time.perf_counter() - t1}

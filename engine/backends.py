@@ -1,0 +1,178 @@
+"""One interface over exported networks: ``activate / infer(feed) / deactivate``.
+
+Names, shapes and dtypes are checked once, here at the boundary, against the network's
+spec; implementations only run. Optional runtimes (onnxruntime, tensorrt) are imported
+lazily so that ``--help`` and the CPU paths work without them.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from adabldm_export.specs import NetworkSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
+BACKENDS = ("torch", "onnxruntime")
+
+
+class BackendError(ValueError):
+    """A feed that does not fit the network, or a runtime that cannot be used."""
+
+
+class Backend(ABC):
+    """A network behind a uniform call: dict of named tensors in, dict out."""
+
+    def __init__(self, spec: NetworkSpec):
+        self.spec = spec
+        self.active = False
+
+    def activate(self) -> "Backend":
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.active:
+            self.activate()
+        return self._infer(feed, self.check(feed))
+
+    def check(self, feed: Mapping[str, torch.Tensor]) -> int:
+        """The sample batch of ``feed``; BackendError unless it has exactly the spec's inputs."""
+        missing = [n for n in self.spec.input_names if n not in feed]
+        extra = [n for n in feed if n not in self.spec.input_names]
+        if missing or extra:
+            raise BackendError(f"{self.spec.name}: missing inputs {missing}, unexpected {extra}")
+        batch = None
+        for t in self.spec.inputs:
+            x = feed[t.name]
+            if x.dtype != DTYPES[t.dtype]:
+                raise BackendError(f"{self.spec.name}.{t.name}: dtype {x.dtype}, expected {t.dtype}")
+            if "B" in t.shape and batch is None:
+                batch = x.shape[t.shape.index("B")]
+            elif "B2" in t.shape and batch is None:
+                batch = x.shape[t.shape.index("B2")] // 2
+            expected = t.concrete(batch or 1)
+            if tuple(x.shape) != expected:
+                raise BackendError(
+                    f"{self.spec.name}.{t.name}: shape {tuple(x.shape)}, expected {expected}"
+                    f" (spec {t.shape})"
+                )
+        return batch or 1
+
+    def _activate(self) -> None:
+        pass
+
+    def _deactivate(self) -> None:
+        pass
+
+    @abstractmethod
+    def _infer(self, feed: Mapping[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]: ...
+
+
+class TorchBackend(Backend):
+    """The reference module itself (eager PyTorch)."""
+
+    def __init__(self, spec: NetworkSpec, module: torch.nn.Module):
+        super().__init__(spec)
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def _infer(self, feed, batch):
+        out = self.module(*(feed[n] for n in self.spec.input_names))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return dict(zip(self.spec.output_names, out))
+
+
+def ort_session_options(threads: int | None = None):
+    """ONNX Runtime options tuned for this workload (full graph optimisation)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return opts
+
+
+def ort_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in available:
+            raise BackendError(
+                f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); available: {available}"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime over an exported graph, torch tensors bound in place (I/O binding).
+
+    Inputs are bound by pointer, outputs go into torch buffers allocated once per shape on
+    the feed's device, so on the CUDA execution provider tensors never leave the GPU.
+    Returned tensors are those buffers: copy what must outlive the next call.
+    """
+
+    def __init__(self, spec: NetworkSpec, path: str | Path, device: str = "cpu", threads: int | None = None):
+        super().__init__(spec)
+        self.path, self.device, self.threads = Path(path), device, threads
+        self.session = None
+        self._buffers: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def _activate(self):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError("the onnxruntime backend needs `pip install onnxruntime`") from exc
+        self.session = ort.InferenceSession(
+            str(self.path), ort_session_options(self.threads), providers=ort_providers(self.device)
+        )
+        got = [i.name for i in self.session.get_inputs()]
+        if got != self.spec.input_names:
+            raise BackendError(f"{self.path}: graph inputs {got}, expected {self.spec.input_names}")
+
+    def _deactivate(self):
+        self.session = None
+        self._buffers.clear()
+
+    def _outputs(self, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+        key = (batch, str(device))
+        if key not in self._buffers:
+            self._buffers[key] = {
+                t.name: torch.empty(t.concrete(batch), dtype=DTYPES[t.dtype], device=device)
+                for t in self.spec.outputs
+            }
+        return self._buffers[key]
+
+    def _infer(self, feed, batch):
+        binding = self.session.io_binding()
+        inputs = [feed[t.name].contiguous() for t in self.spec.inputs]  # alive until run
+        for t, x in zip(self.spec.inputs, inputs):
+            _bind(binding.bind_input, t.name, x)
+        outputs = self._outputs(batch, inputs[0].device)
+        for name, buf in outputs.items():
+            _bind(binding.bind_output, name, buf)
+        self.session.run_with_iobinding(binding)
+        return dict(outputs)
+
+
+def _bind(bind, name: str, x: torch.Tensor) -> None:
+    import numpy as np
+
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[x.dtype]
+    device = "cuda" if x.is_cuda else "cpu"
+    index = (x.device.index or 0) if x.is_cuda else 0
+    bind(name, device, index, np_dtype, list(x.shape), x.data_ptr())

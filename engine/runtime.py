@@ -1,0 +1,147 @@
+"""The runtime: the blended sampler of the reference around exported engines.
+
+The loop is the reference's ``sample_blended``; only the model callables differ: CFG
+over one batched (2B) ``unet_control`` engine call, and VAE encode/decode engines for the
+pixel stage. Nothing here asks which backend runs a network. Online decoder adaptation
+stays in PyTorch, on the decoder weights shipped in the bundle.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from adabldm_export.specs import network_modules, network_specs
+from adabldm_ref.config import GenerationConfig
+from adabldm_ref.models import Models
+from adabldm_ref.pipeline import AdaBLDM
+
+from .backends import Backend, TorchBackend
+
+
+class EngineCFG:
+    """eps(z, t) with classifier-free guidance over a ``unet_control`` engine (2B batch)."""
+
+    def __init__(self, net: Backend, text_ctx, control_ctx, hint, guidance: float, control_scale: float):
+        dev = text_ctx.device
+        self.net, self.guidance = net, guidance
+        self.feed = {  # constant parts, built once per batch
+            "text_ctx": text_ctx.contiguous(),
+            "control_ctx": control_ctx.contiguous(),
+            "hint": torch.cat([hint, hint]).contiguous(),
+            "control_scale": torch.tensor(float(control_scale), device=dev),
+        }
+
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        feed = {**self.feed, "sample": torch.cat([z, z]), "timestep": t.to(z.device, torch.float32).reshape(())}
+        eps_uncond, eps_cond = self.net.infer(feed)["eps"].chunk(2)
+        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
+
+
+class EngineCodec:
+    """The scaled VAE as two engines: latent = encoder(image, noise), image = decoder(latent)."""
+
+    def __init__(self, encoder: Backend, decoder: Backend):
+        self.encoder, self.decoder = encoder, decoder
+
+    def encode(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.encoder.infer({"image": x.contiguous(), "noise": noise.contiguous()})["latent"].clone()
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder.infer({"latent": z.contiguous()})["image"].clone()
+
+
+class SplitUNetControl(Backend):
+    """ControlNet and UNet exported as two graphs, behind the folded network's interface."""
+
+    def __init__(self, spec, controlnet: Backend, unet: Backend):
+        super().__init__(spec)
+        self.controlnet, self.unet = controlnet, unet
+
+    def _infer(self, feed, batch):
+        names = self.controlnet.spec.input_names
+        residuals = self.controlnet.infer({n: feed[n] for n in names})
+        unet_feed = {n: feed[n] for n in ("sample", "timestep", "text_ctx")} | residuals
+        return self.unet.infer(unet_feed)
+
+
+class RecordingBackend(Backend):
+    """Passes calls to ``inner`` and keeps a copy of every feed (for capture)."""
+
+    def __init__(self, inner: Backend):
+        super().__init__(inner.spec)
+        self.inner, self.feeds = inner, []
+
+    def _infer(self, feed, batch):
+        self.feeds.append({k: v.detach().clone() for k, v in feed.items()})
+        return self.inner.infer(feed)
+
+
+def torch_engines(models: Models, resolution: int) -> dict[str, Backend]:
+    """Every network as a TorchBackend over the reference modules."""
+    specs = network_specs(models, resolution)
+    modules = network_modules(models)
+    return {name: TorchBackend(spec, modules[name]()) for name, spec in specs.items()}
+
+
+@torch.no_grad()
+def encode_prompts_engine(text_encoder: Backend, tokenizer, prompts: list[str], device) -> torch.Tensor:
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder.infer({"input_ids": ids.to(device)})["text_embeddings"].clone()
+
+
+class EnginePipeline(AdaBLDM):
+    """AdaBLDM over engines: same plans, same sampler, same adaptation, same outputs."""
+
+    def __init__(
+        self,
+        engines: Mapping[str, Backend],
+        tokenizer,
+        adapt_vae,
+        latent_scale: float,
+        cfg: GenerationConfig,
+        device: str | torch.device = "cpu",
+    ):
+        self.engines = dict(engines)
+        self.unet_control = self.engines["unet_control"]
+        embeddings = encode_prompts_engine(self.engines["text_encoder"], tokenizer, [cfg.prompt, ""], device)
+        codec = EngineCodec(self.engines["vae_encoder"], self.engines["vae_decoder"])
+        self._setup(cfg, device, codec, embeddings, adapt_vae, latent_scale)
+
+    def _denoiser(self, hint: torch.Tensor) -> EngineCFG:
+        text_ctx, control_ctx = self._contexts(hint.shape[0])
+        s = self.cfg.sampler
+        return EngineCFG(self.unet_control, text_ctx, control_ctx, hint, s.guidance, s.control_scale)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.deactivate()
+
+
+def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | None = None,
+                   threads: int | None = None) -> dict[str, Backend]:
+    """The networks of a bundle on ``backend`` ('onnxruntime' or 'torch').
+
+    'torch' runs the reference modules of ``models``, which must be the model the bundle
+    was exported from (checked by weight identity).
+    """
+    from adabldm_export.specs import NetworkSpec
+
+    from .backends import BACKENDS, BackendError, OrtBackend
+
+    if backend not in BACKENDS:
+        raise BackendError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if models is None:
+            raise BackendError("the torch backend needs the model the bundle was exported from")
+        bundle.check(identity=models.identity())
+        return torch_engines(models, bundle.resolution)
+    names = list(bundle.manifest["networks"])
+    engines: dict[str, Backend] = {n: OrtBackend(bundle.spec(n), bundle.graph(n), device, threads) for n in names}
+    if "unet_control" not in engines:
+        cn, unet = engines.pop("controlnet"), engines.pop("unet")
+        folded = NetworkSpec("unet_control", unet.spec.inputs[:3] + cn.spec.inputs[2:], unet.spec.outputs)
+        engines["unet_control"] = SplitUNetControl(folded, cn, unet)
+    return engines

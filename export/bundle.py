@@ -1,0 +1,308 @@
+"""The bundle: what ``adabldm-export`` writes and ``adabldm-run --bundle`` reads.
+
+bundle/
+  manifest.json          identity, resolution, batch sizes, scheduler, networks, tools
+  onnx/<network>.onnx    (+ <network>.onnx.data for graphs over 2 GB)
+  vae_decoder.safetensors, vae_config.json   the decoder that adaptation fine-tunes
+  tokenizer/             the text tokenizer
+  validation.json        per-network agreement with the PyTorch modules
+The manifest is written last: a folder without one is an unfinished export.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from adabldm_ref.config import SchedulerConfig
+from adabldm_ref.models import Models
+
+from .onnx_export import copy_graph, export_onnx, slim
+from .specs import NetworkSpec, network_modules, network_specs
+from .validate import TOLERANCES, ExportValidationError, capture_feeds, compare, random_feeds, split_feeds
+
+log = logging.getLogger("adabldm.export")
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DECODER_KEYS = ("decoder.", "post_quant_conv.")
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, unfinished, modified or made for something else."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    out: Path
+    resolution: int = 256
+    batch_sizes: tuple[int, ...] = (1, 4)  # dynamic batch; TensorRT profile min..max
+    opset: int = 17
+    dynamo: bool = False  # torch.export-based exporter (opset 18) instead of TorchScript
+    split_controlnet: bool = False  # ControlNet and UNet as two graphs
+    simplify: bool = True  # onnxslim, kept only where outputs stay within tolerance
+    precision: str = "fp32"
+    capture_steps: int = 10  # reference steps run to capture real inputs
+    force: bool = False  # overwrite a non-empty --out
+
+    def __post_init__(self):
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch sizes {self.batch_sizes}: expected positive integers")
+        if self.precision not in TOLERANCES:
+            raise ValueError(f"precision {self.precision!r}: expected one of {sorted(TOLERANCES)}")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import transformers
+
+    versions = {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__, "onnx": onnx.__version__,
+                "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _files_of(graph: Path) -> list[Path]:
+    data = graph.with_name(graph.name + ".data")
+    return [graph, data] if data.exists() else [graph]
+
+
+def _export_one(name, spec, module, cfg: ExportConfig, feeds, reference) -> dict:
+    """Export, optionally simplify, validate; return the network's manifest entry."""
+    from adabldm_engine.backends import OrtBackend
+
+    path = cfg.out / "onnx" / f"{name}.onnx"
+    export_onnx(spec, module, path, batch=max(cfg.batch_sizes), opset=cfg.opset, dynamo=cfg.dynamo)
+    tol = TOLERANCES[cfg.precision]
+    report = {"plain": compare(OrtBackend(spec, path), reference, feeds)}
+    simplified = False
+    if cfg.simplify:
+        backup = path.with_name(path.name + ".plain")
+        copy_graph(path, backup)
+        try:
+            slim(path)
+            report["simplified"] = compare(OrtBackend(spec, path), reference, feeds)
+            simplified = _worst(report["simplified"]) <= max(tol, _worst(report["plain"]))
+        except Exception as exc:  # onnxslim is best effort: keep the plain graph
+            log.warning("%s: onnxslim failed (%s); keeping the plain graph", name, exc)
+        if not simplified:
+            copy_graph(backup, path)
+        for f in _files_of(backup):
+            f.unlink()
+    final = report["simplified"] if simplified else report["plain"]
+    entry = {
+        **spec.to_dict(),
+        "file": f"onnx/{name}.onnx",
+        "sha256": {str(f.relative_to(cfg.out)): file_sha256(f) for f in _files_of(path)},
+        "exporter": "dynamo" if cfg.dynamo else "torchscript",
+        "opset": max(cfg.opset, 18) if cfg.dynamo else cfg.opset,
+        "simplified": simplified,
+        "trt_profile": spec.profile(cfg.batch_sizes),
+        "validation": {"tolerance_rel_l2": tol, "worst": final, "report": report, "passed": _worst(final) <= tol},
+    }
+    return entry
+
+
+def _worst(report: dict[str, dict[str, float]]) -> float:
+    return max(v["rel_l2"] for v in report.values())
+
+
+def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Export every network of ``models`` into ``cfg.out``; raise if one fails validation."""
+    from adabldm_engine.backends import TorchBackend
+
+    out = cfg.out
+    if (out / MANIFEST).exists() and not cfg.force:
+        raise BundleError(f"{out} already holds a bundle; pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    specs = network_specs(models, cfg.resolution, cfg.split_controlnet)
+    modules = network_modules(models)
+    vocab = models.text_encoder.config.vocab_size
+    progress("capturing inputs from a reference run")
+    captured = capture_feeds(models, cfg.resolution, cfg.capture_steps)
+    if cfg.split_controlnet:
+        cn_ref = TorchBackend(specs["controlnet"], modules["controlnet"]())
+        captured["controlnet"], captured["unet"] = split_feeds(captured["unet_control"], cn_ref)
+    networks, failures = {}, []
+    for name, spec in specs.items():
+        progress(f"exporting {name}")
+        module = modules[name]()
+        feeds = random_feeds(spec, cfg.batch_sizes, vocab) + captured[name]
+        entry = _export_one(name, spec, module, cfg, feeds, TorchBackend(spec, module))
+        networks[name] = entry
+        v = entry["validation"]
+        if not v["passed"]:
+            failures.append(f"{name}: rel. L2 {_worst(v['worst']):.2e} > {v['tolerance_rel_l2']:.0e}")
+    _write_json(out / "validation.json", {k: v["validation"] for k, v in networks.items()})
+    if failures:
+        raise ExportValidationError("exported graphs disagree with PyTorch: " + "; ".join(failures)
+                                    + f" (report: {out / 'validation.json'})")
+    progress("writing decoder weights and manifest")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {"name": models.name, "identity": models.identity()},
+        "resolution": cfg.resolution,
+        "latent_shape": [4, cfg.resolution // 8, cfg.resolution // 8],
+        "batch_sizes": list(cfg.batch_sizes),
+        "latent_scale": models.latent_scale,
+        "scheduler": asdict(SchedulerConfig()),
+        "precision": cfg.precision,
+        "split_controlnet": cfg.split_controlnet,
+        "networks": networks,
+        "adaptation": _write_decoder(models, out),
+        "tokenizer": _write_tokenizer(models, out),
+        "tools": tool_versions(),
+        "export_settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _write_json(path: Path, obj) -> None:
+    from adabldm_engine.io import write_json
+
+    write_json(path, obj)
+
+
+def _write_decoder(models: Models, out: Path) -> dict:
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in models.vae.state_dict().items() if k.startswith(DECODER_KEYS)}
+    path = out / "vae_decoder.safetensors"
+    save_file(sd, str(path))
+    (out / "vae_config.json").write_text(json.dumps(dict(models.vae.config), indent=2, default=list))
+    return {
+        "file": path.name,
+        "config": "vae_config.json",
+        "sha256": {path.name: file_sha256(path), "vae_config.json": file_sha256(out / "vae_config.json")},
+    }
+
+
+def _write_tokenizer(models: Models, out: Path) -> dict:
+    models.tokenizer.save_pretrained(out / "tokenizer")
+    files = sorted(p for p in (out / "tokenizer").iterdir() if p.is_file())
+    return {"dir": "tokenizer", "sha256": {f"tokenizer/{p.name}": file_sha256(p) for p in files}}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict = field(repr=False)
+
+    @classmethod
+    def open(cls, root: str | Path, verify: bool = True) -> "Bundle":
+        """Read and check a bundle; BundleError names what is wrong and how to re-export."""
+        root = Path(root)
+        redo = f"re-export it: adabldm-export --out {root} --force (with the --model/--controlnet it was made from)"
+        if not root.is_dir():
+            raise BundleError(f"bundle not found: {root}")
+        if not (root / MANIFEST).is_file():
+            raise BundleError(f"{root} has no {MANIFEST} (unfinished or not a bundle); {redo}")
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc}); {redo}") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{root} has bundle format {manifest.get('format_version')}, this adabldm reads"
+                f" {FORMAT_VERSION}; {redo}"
+            )
+        bundle = cls(root, manifest)
+        if verify:
+            bundle.verify_files(redo)
+        return bundle
+
+    def hashed_files(self) -> dict[str, str]:
+        m = self.manifest
+        files = {}
+        for entry in m["networks"].values():
+            files.update(entry["sha256"])
+        files.update(m["adaptation"]["sha256"])
+        files.update(m["tokenizer"]["sha256"])
+        return files
+
+    def verify_files(self, redo: str) -> None:
+        for rel, digest in self.hashed_files().items():
+            path = self.root / rel
+            if not path.is_file():
+                raise BundleError(f"bundle file missing: {path}; {redo}")
+            if file_sha256(path) != digest:
+                raise BundleError(f"bundle file modified since export: {path} (sha256 differs); {redo}")
+
+    @property
+    def resolution(self) -> int:
+        return int(self.manifest["resolution"])
+
+    @property
+    def identity(self) -> str:
+        return self.manifest["model"]["identity"]
+
+    def check(self, resolution: int | None = None, identity: str | None = None) -> None:
+        """Refuse a bundle made for another resolution or another model."""
+        if resolution is not None and resolution != self.resolution:
+            raise BundleError(
+                f"bundle {self.root} is for {self.resolution} px, not {resolution} px; export one for it:"
+                f" adabldm-export --resolution {resolution} --out NEW_DIR (with your --model/--controlnet)"
+            )
+        if identity is not None and identity != self.identity:
+            raise BundleError(
+                f"bundle {self.root} was exported from model {self.identity}, not {identity} (weights"
+                " differ); re-export from this model: adabldm-export --model M --controlnet C --out NEW_DIR"
+            )
+
+    def spec(self, name: str) -> NetworkSpec:
+        from .specs import TensorSpec
+
+        entry = self.manifest["networks"][name]
+        def tensors(key):
+            return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in entry[key])
+        return NetworkSpec(name, tensors("inputs"), tensors("outputs"))
+
+    def graph(self, name: str) -> Path:
+        return self.root / self.manifest["networks"][name]["file"]
+
+    def tokenizer(self):
+        from transformers import CLIPTokenizer
+
+        return CLIPTokenizer.from_pretrained(self.root / "tokenizer", local_files_only=True)
+
+    def adapt_vae(self):
+        """An AutoencoderKL holding the exported decoder (its encoder is unused)."""
+        from diffusers import AutoencoderKL
+        from safetensors.torch import load_file
+
+        config = json.loads((self.root / self.manifest["adaptation"]["config"]).read_text())
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        vae = AutoencoderKL.from_config(config)
+        missing, unexpected = vae.load_state_dict(load_file(str(self.root / self.manifest["adaptation"]["file"])), strict=False)
+        bad = [k for k in missing if k.startswith(DECODER_KEYS)] + list(unexpected)
+        if bad:
+            raise BundleError(f"decoder weights in {self.root} do not fit the VAE config: {bad[:5]}")
+        return vae.eval().requires_grad_(False)
