@@ -66,11 +66,21 @@ def read_gray(path: str | Path) -> np.ndarray:
     return array
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0o600 hides outputs from others
+
+
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, _FILE_MODE)
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -78,6 +78,10 @@ class JobConfig:
             raise ValueError(f"--num {self.num}: expected at least 1 sample")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: expected at least 1")
+        if self.foreground is not None and self.images is None:
+            raise ValueError(
+                f"--foreground {self.foreground}: needs --images (masks are named like the OK images)"
+            )
 
 
 @dataclass
@@ -131,15 +135,17 @@ class Layout:
 # Inputs
 
 
-def _foreground_for(image_path: Path, folder: Path, shape: tuple[int, int]) -> np.ndarray:
-    candidates = [p for p in list_images(folder, "foreground mask") if p.stem in (image_path.stem, f"{image_path.stem}_mask")]
+def _foreground_for(image_path: Path, fg_files: Sequence[Path], shape: tuple[int, int]) -> np.ndarray:
+    names = (image_path.stem, f"{image_path.stem}_mask")
+    candidates = [p for p in fg_files if p.stem in names]
     if not candidates:
-        raise InputError(f"{image_path}: no foreground mask named {image_path.stem}.* or {image_path.stem}_mask.* in {folder}")
+        folder = fg_files[0].parent
+        raise InputError(f"{image_path}: no foreground mask named {names[0]}.* or {names[1]}.* in {folder}")
     fg = read_gray(candidates[0])
     if fg.shape != shape:
         raise InputError(
-            f"foreground mask {candidates[0]} is {fg.shape[1]}x{fg.shape[0]} but image {image_path}"
-            f" is {shape[1]}x{shape[0]}"
+            f"foreground mask {candidates[0]} ({fg.shape[1]}x{fg.shape[0]}) does not match"
+            f" image {image_path} ({shape[1]}x{shape[0]})"
         )
     return fg
 
@@ -151,13 +157,15 @@ def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
         from skimage import data
 
         return [OkImage(f"skimage:{n}", prepare_ok_image(getattr(data, n)(), res)) for n in DEFAULT_TEXTURES]
+    paths = list_images(cfg.images, "OK image")
+    fg_files = list_images(cfg.foreground, "foreground mask") if cfg.foreground is not None else []
     images = []
-    for path in list_images(cfg.images, "OK image"):
+    for path in paths:
         try:
             array = read_image(path)
             fg = None
-            if cfg.foreground is not None:
-                fg_raw = _foreground_for(path, cfg.foreground, array.shape[:2])
+            if fg_files:
+                fg_raw = _foreground_for(path, fg_files, array.shape[:2])
                 fg = np.asarray(Image.fromarray(fg_raw).resize((res, res), Image.NEAREST)) >= 128
                 if not fg.any():
                     raise InputError(f"foreground mask for {path} is empty (no pixel >= 128)")
@@ -209,6 +217,16 @@ def inputs_digest(images: Sequence[OkImage], masks: MaskSource) -> str:
 # Resume
 
 
+def _read_record(path: Path) -> dict:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable run record ({exc}); choose another --out") from None
+    if not isinstance(old, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(old).__name__}; choose another --out")
+    return old
+
+
 def open_run(layout: Layout, record: dict) -> set[int]:
     """Check the folder belongs to this run and return the indices already finished.
 
@@ -216,7 +234,7 @@ def open_run(layout: Layout, record: dict) -> set[int]:
     torn last line, are dropped (those samples are made again).
     """
     if layout.run_record.exists():
-        old = json.loads(layout.run_record.read_text())
+        old = _read_record(layout.run_record)
         if old.get("run_key") != record["run_key"]:
             diff = [k for k in ("settings_hash", "model_identity", "inputs_digest") if old.get(k) != record[k]]
             raise InputError(
@@ -273,9 +291,16 @@ def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, b
         "run_key": run_key,
         "settings": settings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "quality": {k: round(float(v), 4) for k, v in sample.quality.items()},
+        "quality": {k: _finite(v) for k, v in sample.quality.items()},
     }
-    append_line(layout.manifest, json.dumps(entry, sort_keys=True))
+    append_line(layout.manifest, json.dumps(entry, sort_keys=True, allow_nan=False))
+
+
+def _finite(value: float) -> float | None:
+    """Rounded value, or None for nan / inf (e.g. the PSNR of an empty background), so
+    the manifest stays strict JSON."""
+    value = float(value)
+    return round(value, 4) if np.isfinite(value) else None
 
 
 def write_contact_sheet(layout: Layout, rows: int) -> None:

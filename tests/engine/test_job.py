@@ -1,0 +1,333 @@
+"""adabldm_engine.job: the MVTec layout, determinism, resume after a kill, bad inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import adabldm_engine.job as job
+from adabldm_engine.io import InputError, read_gray, read_image
+from adabldm_engine.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, run_job
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def strict_json(line: str) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant} in the manifest")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def interrupt_after(monkeypatch, name: str, calls: int) -> None:
+    """Let ``job.<name>`` run ``calls`` times, then raise KeyboardInterrupt (a Ctrl-C)."""
+    real, count = getattr(job, name), [0]
+
+    def wrapper(*args, **kwargs):
+        if count[0] == calls:
+            raise KeyboardInterrupt
+        count[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, name, wrapper)
+
+
+# ---------------------------------------------------------------------------------------
+# End to end
+
+
+def test_layout_of_a_run(reference_run):
+    out, report = reference_run
+    n = report.total
+    assert (report.generated, report.resumed, report.exit_code) == (n, 0, EXIT_OK)
+    assert not report.skipped_inputs and not report.failed and not report.interrupted
+    assert sorted(p.name for p in (out / "test" / "defect").iterdir()) == [f"{i:04d}.png" for i in range(n)]
+    masks = sorted((out / "ground_truth" / "defect").iterdir())
+    assert [p.name for p in masks] == [f"{i:04d}_mask.png" for i in range(n)]
+    for i, path in enumerate(masks):
+        image, mask = read_image(out / "test" / "defect" / f"{i:04d}.png"), read_gray(path)
+        assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+        assert set(np.unique(mask)) == {0, 255}  # binary and non-empty (and not all defect here)
+    extras = sorted(p.name for p in (out / "extra" / "defect").iterdir())
+    assert extras == sorted(f"{i:04d}_{k}.png" for i in range(n) for k in ("source", "blended", "trimap"))
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_manifest_lines(reference_run):
+    out, report = reference_run
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == report.total
+    entries = [strict_json(line) for line in lines]
+    assert [e["index"] for e in entries] == list(range(report.total))
+    for e in entries:
+        for key in ("index", "seed", "source", "mask_source", "placement", "settings", "timings", "quality"):
+            assert key in e, key
+        assert e["source"] in ("skimage:brick", "skimage:gravel")
+        assert e["mask_source"].startswith("procedural:")
+        assert {"top", "left", "height", "width", "angle", "scale"} <= set(e["placement"])
+        assert e["settings"]["sampler"]["steps"] == 4 and e["settings"]["resolution"] == 64
+        assert e["timings"]["diffusion_s"] > 0 and e["timings"]["adapt_s"] > 0
+        assert np.isfinite(e["quality"]["bg_psnr_before"]) and np.isfinite(e["quality"]["bg_psnr_after"])
+        mask = read_gray(out / e["mask"])
+        assert e["defect_pixels"] == int((mask == 255).sum()) > 0
+    assert len({e["seed"] for e in entries}) == report.total  # a seed per sample
+
+
+def test_contact_sheet_and_run_record(reference_run):
+    out, report = reference_run
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.mode == "RGB"
+        assert sheet.height > report.total * 100 and sheet.width > 5 * 100  # a row per sample, 5 tiles
+    record = json.loads((out / "run.json").read_text())
+    assert record["run_key"] == manifest(out)[0]["run_key"]
+    assert record["settings"]["sampler"]["steps"] == 4
+    assert record["inputs"] == ["skimage:brick", "skimage:gravel"]
+
+
+def test_same_settings_give_identical_bytes(reference_run, tmp_path, job_config, sample_files):
+    out, report = reference_run
+    again = run_job(job_config(tmp_path / "b", num=report.total), progress=False)
+    assert again.exit_code == EXIT_OK
+    assert sample_files(tmp_path / "b") == sample_files(out)
+    assert len(sample_files(out)) == 2 * report.total
+
+
+# ---------------------------------------------------------------------------------------
+# Resume
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(
+    reference_run, tmp_path, job_config, monkeypatch, sample_files
+):
+    ref_out, ref = reference_run
+    out = tmp_path / "b"
+    interrupt_after(monkeypatch, "write_sample", calls=1)
+    report = run_job(job_config(out, num=ref.total), progress=False)
+    assert report.interrupted and report.exit_code == EXIT_INTERRUPTED == 130
+    assert report.generated == 1 and len(manifest(out)) == 1
+    assert (out / "contact_sheet.png").is_file()  # the finished sample is previewed anyway
+    monkeypatch.undo()
+
+    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    assert (rerun.resumed, rerun.generated, rerun.exit_code) == (1, ref.total - 1, EXIT_OK)
+    assert sample_files(out) == sample_files(ref_out)
+    indices = [e["index"] for e in manifest(out)]
+    assert sorted(indices) == list(range(ref.total)) and len(set(indices)) == len(indices)
+
+
+def test_kill_between_files_and_manifest_line(reference_run, tmp_path, job_config, monkeypatch, sample_files):
+    """Files of sample 1 written, its manifest line not: sample 1 is made again."""
+    ref_out, ref = reference_run
+    out = tmp_path / "b"
+    interrupt_after(monkeypatch, "append_line", calls=1)
+    report = run_job(job_config(out, num=ref.total), progress=False)
+    assert report.interrupted and len(manifest(out)) == 1
+    assert (out / "test" / "defect" / "0001.png").exists()  # orphan files without a line
+    monkeypatch.undo()
+
+    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    assert (rerun.resumed, rerun.generated) == (1, ref.total - 1)
+    assert sample_files(out) == sample_files(ref_out)
+    assert [e["index"] for e in manifest(out)] == list(range(ref.total))
+
+
+def test_torn_last_manifest_line_is_dropped(reference_run, copy_of, job_config, sample_files):
+    ref_out, ref = reference_run
+    out = copy_of(ref_out)
+    text = (out / "manifest.jsonl").read_text()
+    last_start = text.rstrip("\n").rfind("\n") + 1
+    (out / "manifest.jsonl").write_text(text[: last_start + 40])  # killed mid-line
+    (out / "test" / "defect" / f"{ref.total - 1:04d}.png").write_bytes(b"half-written")
+
+    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    assert (rerun.resumed, rerun.generated, rerun.exit_code) == (ref.total - 1, 1, EXIT_OK)
+    assert sample_files(out) == sample_files(ref_out)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert [strict_json(line)["index"] for line in lines] == list(range(ref.total))
+
+
+def test_line_whose_image_was_deleted_is_dropped(reference_run, copy_of, job_config, sample_files):
+    ref_out, ref = reference_run
+    out = copy_of(ref_out)
+    (out / "test" / "defect" / "0001.png").unlink()
+
+    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    assert (rerun.resumed, rerun.generated) == (ref.total - 1, 1)
+    assert sample_files(out) == sample_files(ref_out)
+    indices = [e["index"] for e in manifest(out)]
+    assert sorted(indices) == list(range(ref.total)) and len(set(indices)) == ref.total
+
+
+def test_duplicate_manifest_line_is_dropped(reference_run, copy_of, job_config):
+    ref_out, ref = reference_run
+    out = copy_of(ref_out)
+    first = (out / "manifest.jsonl").read_text().splitlines()[0]
+    with open(out / "manifest.jsonl", "a") as f:
+        f.write(first + "\n")
+
+    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    assert (rerun.resumed, rerun.generated, rerun.exit_code) == (ref.total, 0, EXIT_OK)
+    assert [e["index"] for e in manifest(out)] == list(range(ref.total))
+
+
+def test_resume_with_batch_size_2(reference_run_b2, tmp_path, job_config, monkeypatch, sample_files):
+    """Chunks are [0, 1], [2, 3]: sample 1 is redone inside the same batch as before."""
+    ref_out, ref = reference_run_b2
+    assert ref.exit_code == EXIT_OK and {e["batch_size"] for e in manifest(ref_out)} == {2}
+    out = tmp_path / "b"
+    interrupt_after(monkeypatch, "write_sample", calls=1)
+    report = run_job(job_config(out, num=ref.total, batch_size=2), progress=False)
+    assert report.interrupted and [e["index"] for e in manifest(out)] == [0]
+    monkeypatch.undo()
+
+    rerun = run_job(job_config(out, num=ref.total, batch_size=2), progress=False)
+    assert (rerun.resumed, rerun.generated, rerun.exit_code) == (1, ref.total - 1, EXIT_OK)
+    assert sample_files(out) == sample_files(ref_out)
+    assert sorted(e["index"] for e in manifest(out)) == list(range(ref.total))
+
+
+def test_other_settings_on_the_same_out_are_refused(reference_run, copy_of, job_config):
+    ref_out, ref = reference_run
+    out = copy_of(ref_out)
+    before = (out / "manifest.jsonl").read_bytes()
+    with pytest.raises(InputError, match="settings_hash") as exc:
+        run_job(job_config(out, num=ref.total, steps=5), progress=False)
+    assert str(out) in str(exc.value)
+    assert (out / "manifest.jsonl").read_bytes() == before
+
+
+def test_unreadable_run_record_is_refused(tmp_path, job_config):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "run.json").write_text("{ not json")
+    with pytest.raises(InputError, match="run.json") as exc:
+        run_job(job_config(out, num=1), progress=False)
+    assert str(out / "run.json") in str(exc.value)
+
+
+def test_larger_num_adds_samples(reference_run, copy_of, job_config, sample_files):
+    ref_out, ref = reference_run
+    out = copy_of(ref_out)
+    more = run_job(job_config(out, num=ref.total + 1), progress=False)
+    assert (more.resumed, more.generated, more.total, more.exit_code) == (ref.total, 1, ref.total + 1, EXIT_OK)
+    files = sample_files(out)
+    assert len(files) == 2 * (ref.total + 1)
+    assert {k: v for k, v in files.items() if k in sample_files(ref_out)} == sample_files(ref_out)
+    assert [e["index"] for e in manifest(out)] == list(range(ref.total + 1))
+
+
+# ---------------------------------------------------------------------------------------
+# Bad inputs
+
+
+def test_one_corrupt_image_is_skipped(tmp_path, job_config, make_image):
+    images = tmp_path / "images"
+    make_image(images / "a.png", 80, 96, seed=1)
+    make_image(images / "c.png", 50, 70, seed=2, channels=1)
+    (images / "b.png").write_bytes(np.random.default_rng(0).bytes(500))
+    report = run_job(job_config(tmp_path / "out", num=2, images=images), progress=False)
+    assert report.exit_code == EXIT_PARTIAL == 3
+    assert len(report.skipped_inputs) == 1 and str(images / "b.png") in report.skipped_inputs[0]
+    assert report.generated == 2 and not report.failed
+    assert [e["source"] for e in manifest(tmp_path / "out")] == [str(images / "a.png"), str(images / "c.png")]
+
+
+def test_all_images_corrupt(tmp_path, job_config):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (images / name).write_bytes(b"garbage" * 50)
+    with pytest.raises(InputError, match="none of the OK images") as exc:
+        run_job(job_config(tmp_path / "out", num=1, images=images), progress=False)
+    assert str(images) in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_images_folder(tmp_path, job_config):
+    with pytest.raises(InputError, match="not found") as exc:
+        run_job(job_config(tmp_path / "out", num=1, images=tmp_path / "absent"), progress=False)
+    assert str(tmp_path / "absent") in str(exc.value)
+
+
+def test_missing_foreground_folder(tmp_path, job_config, make_image):
+    make_image(tmp_path / "images" / "a.png")
+    with pytest.raises(InputError, match="foreground mask folder not found") as exc:
+        run_job(job_config(tmp_path / "out", num=1, images=tmp_path / "images", foreground=tmp_path / "fg"),
+                progress=False)
+    assert str(tmp_path / "fg") in str(exc.value)
+
+
+def test_foreground_without_images_is_refused(tmp_path, job_config):
+    with pytest.raises(ValueError, match="needs --images") as exc:
+        job_config(tmp_path / "out", num=1, foreground=tmp_path / "fg")
+    assert str(tmp_path / "fg") in str(exc.value)
+
+
+def test_foreground_of_other_size_skips_its_image(tmp_path, job_config, make_image):
+    images, fg = tmp_path / "images", tmp_path / "fg"
+    make_image(images / "a.png", height=64, width=72, seed=1)
+    make_image(images / "b.png", height=64, width=64, seed=2)
+    fg.mkdir()
+    Image.fromarray(np.full((40, 50), 255, np.uint8)).save(fg / "a.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(fg / "b_mask.png")
+    report = run_job(job_config(tmp_path / "out", num=1, images=images, foreground=fg), progress=False)
+    assert report.exit_code == EXIT_PARTIAL and report.generated == 1
+    (message,) = report.skipped_inputs
+    assert message == f"foreground mask {fg / 'a.png'} (50x40) does not match image {images / 'a.png'} (72x64)"
+    assert manifest(tmp_path / "out")[0]["source"] == str(images / "b.png")
+
+
+def test_defect_that_cannot_fit_fails_only_its_sample(tmp_path, job_config, make_image):
+    """Sample 0 uses a.png (foreground: left half), where a full-image defect cannot fit;
+    sample 1 uses b.png (foreground: all), where it can."""
+    images, fg, masks = tmp_path / "images", tmp_path / "fg", tmp_path / "masks"
+    make_image(images / "a.png", seed=1)
+    make_image(images / "b.png", seed=2)
+    fg.mkdir()
+    masks.mkdir()
+    half = np.zeros((64, 64), np.uint8)
+    half[:, :32] = 255
+    Image.fromarray(half).save(fg / "a.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(fg / "b.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(masks / "everything.png")
+    out = tmp_path / "out"
+    report = run_job(job_config(out, num=2, images=images, foreground=fg, masks=masks), progress=False)
+    assert report.exit_code == EXIT_PARTIAL and not report.skipped_inputs
+    assert list(report.failed) == [0] and "fits nowhere" in report.failed[0]
+    assert report.generated == 1
+    (entry,) = [strict_json(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert entry["index"] == 1 and entry["source"] == str(images / "b.png")
+    assert entry["quality"]["bg_psnr_after"] is None  # no background left: no PSNR, still strict JSON
+    assert not (out / "test" / "defect" / "0000.png").exists()
+    assert (read_gray(out / "ground_truth" / "defect" / "0001_mask.png") == 255).all()
+
+
+def test_defect_mask_without_defect_is_skipped(tmp_path, job_config):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    faint = np.zeros((64, 64), np.uint8)
+    faint[10:30, 10:30] = 150  # below the 200 threshold
+    Image.fromarray(faint).save(masks / "faint.png")
+    real = np.zeros((48, 48), np.uint8)
+    real[20:30, 5:40] = 255
+    Image.fromarray(real).save(masks / "scratch.png")
+    out = tmp_path / "out"
+    report = run_job(job_config(out, num=1, masks=masks), progress=False)
+    assert report.exit_code == EXIT_PARTIAL and report.generated == 1
+    (message,) = report.skipped_inputs
+    assert str(masks / "faint.png") in message and "no pixel >= 200" in message
+    assert manifest(out)[0]["mask_source"] == str(masks / "scratch.png")
+
+
+def test_no_usable_defect_mask(tmp_path, job_config):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(masks / "empty.png")
+    with pytest.raises(InputError, match="none of the defect masks") as exc:
+        run_job(job_config(tmp_path / "out", num=1, masks=masks), progress=False)
+    assert str(masks) in str(exc.value)
