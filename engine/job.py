@@ -4,7 +4,7 @@ Layout under ``out`` (``out`` is the category folder):
   test/{defect}/NNNN.png              adapted synthetic defect image
   ground_truth/{defect}/NNNN_mask.png binary defect mask (0 / 255)
   extra/{defect}/NNNN_{source,blended,trimap}.png
-  manifest.jsonl, run.json, contact_sheet.png
+  manifest.jsonl (all defect types), runs/{defect}.json, contact_sheet_{defect}.png
 Samples are computed in fixed chunks of ``batch_size`` consecutive indices, so a resumed
 run computes every remaining sample exactly as an uninterrupted run would.
 """
@@ -39,6 +39,8 @@ from adabldm_ref.pipeline import (
     prepare_ok_image,
 )
 
+from adabldm_export.bundle import Bundle
+
 from .contact import contact_sheet
 from .io import (
     InputError,
@@ -50,6 +52,7 @@ from .io import (
     write_png,
     write_text,
 )
+from .runtime import EnginePipeline, bundle_engines
 
 log = logging.getLogger("adabldm")
 FORMAT_VERSION = 1
@@ -72,12 +75,16 @@ class JobConfig:
     batch_size: int = 1
     device: str = "cpu"
     contact_rows: int = 16
+    bundle: Path | None = None  # exported networks (adabldm-export); None: reference modules
+    backend: str = "torch"  # with a bundle: "onnxruntime" or "torch" (the reference modules)
 
     def __post_init__(self) -> None:
         if self.num < 1:
             raise ValueError(f"--num {self.num}: expected at least 1 sample")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: expected at least 1")
+        if self.backend != "torch" and self.bundle is None:
+            raise ValueError(f"--backend {self.backend} runs exported networks: it needs --bundle DIR")
         if self.foreground is not None and self.images is None:
             raise ValueError(
                 f"--foreground {self.foreground}: needs --images (masks are named like the OK images)"
@@ -93,6 +100,11 @@ class JobReport:
     skipped_inputs: list[str] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     interrupted: bool = False
+    quality: list[dict[str, float]] = field(default_factory=list)  # of the samples made now
+
+    def mean_quality(self, key: str) -> float:
+        values = [q[key] for q in self.quality if q.get(key) is not None and np.isfinite(q[key])]
+        return float(np.mean(values)) if values else float("nan")
 
     @property
     def exit_code(self) -> int:
@@ -121,11 +133,12 @@ class Layout:
 
     @property
     def run_record(self) -> Path:
-        return self.out / "run.json"
+        """One record per defect type: a category folder holds several (MVTec layout)."""
+        return self.out / "runs" / f"{self.defect}.json"
 
     @property
     def sheet(self) -> Path:
-        return self.out / "contact_sheet.png"
+        return self.out / f"contact_sheet_{self.defect}.png"
 
     def complete(self, i: int) -> bool:
         return self.image(i).is_file() and self.mask(i).is_file()
@@ -236,16 +249,17 @@ def open_run(layout: Layout, record: dict) -> set[int]:
     if layout.run_record.exists():
         old = _read_record(layout.run_record)
         if old.get("run_key") != record["run_key"]:
-            diff = [k for k in ("settings_hash", "model_identity", "inputs_digest") if old.get(k) != record[k]]
+            keys = ("settings_hash", "model_identity", "backend", "inputs_digest")
+            diff = [k for k in keys if old.get(k) != record[k]]
             raise InputError(
                 f"{layout.out} holds a run with other {', '.join(diff) or 'settings'}"
-                f" ({old.get('run_key')} vs {record['run_key']}): choose another --out,"
-                " or rerun with the settings of run.json to resume it"
+                f" for defect {layout.defect!r} ({old.get('run_key')} vs {record['run_key']}): choose another"
+                f" --out or --defect, or rerun with the settings of {layout.run_record} to resume it"
             )
     else:
         layout.out.mkdir(parents=True, exist_ok=True)
         write_json(layout.run_record, record)
-    entries, dropped = {}, 0
+    entries, others, dropped = {}, [], 0
     if layout.manifest.exists():
         for line in layout.manifest.read_text().splitlines():
             try:
@@ -254,13 +268,16 @@ def open_run(layout: Layout, record: dict) -> set[int]:
             except (ValueError, KeyError, TypeError):
                 dropped += 1
                 continue
-            if entry.get("run_key") == record["run_key"] and layout.complete(i) and i not in entries:
+            if entry.get("defect", layout.defect) != layout.defect:
+                others.append(line)  # another defect type of the same category
+            elif entry.get("run_key") == record["run_key"] and layout.complete(i) and i not in entries:
                 entries[i] = line
             else:
                 dropped += 1
         if dropped:
             log.warning("manifest: dropped %d incomplete line(s); those samples are made again", dropped)
-            write_text(layout.manifest, "".join(entries[i] + "\n" for i in sorted(entries)))
+            kept = others + [entries[i] for i in sorted(entries)]
+            write_text(layout.manifest, "".join(line + "\n" for line in kept))
     return set(entries)
 
 
@@ -279,6 +296,7 @@ def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, b
     write_png(layout.image(i), sample.image)
     timings = {**sample.timings, "write_s": time.perf_counter() - t0}
     entry = {
+        "defect": layout.defect,
         "index": i,
         "image": str(layout.image(i).relative_to(layout.out)),
         "mask": str(layout.mask(i).relative_to(layout.out)),
@@ -306,7 +324,8 @@ def _finite(value: float) -> float | None:
 def write_contact_sheet(layout: Layout, rows: int) -> None:
     if not layout.manifest.exists():
         return
-    indices = sorted(json.loads(line)["index"] for line in layout.manifest.read_text().splitlines())
+    lines = [json.loads(line) for line in layout.manifest.read_text().splitlines()]
+    indices = sorted(e["index"] for e in lines if e.get("defect", layout.defect) == layout.defect)
     tiles = []
     for i in indices[:rows]:
         tiles.append(
@@ -333,9 +352,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
     report = JobReport(cfg.out, cfg.num)
     images = load_ok_images(cfg, report.skipped_inputs)
     masks = load_mask_source(cfg, report.skipped_inputs)
-    models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
-    models.unet.to(cfg.device), models.controlnet.to(cfg.device), models.vae.to(cfg.device)
-    models.text_encoder.to(cfg.device)
+    pipeline, identity = make_pipeline(cfg)
     settings = gen.to_dict()
     record = {
         "format_version": FORMAT_VERSION,
@@ -343,16 +360,17 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
         "settings": settings,
         "model": cfg.model or "tiny",
         "controlnet": cfg.controlnet,
-        "model_identity": models.identity(),
+        "model_identity": identity,
+        "backend": backend_name(cfg),
+        "bundle": str(cfg.bundle) if cfg.bundle else None,
         "inputs_digest": inputs_digest(images, masks),
         "inputs": [ok.name for ok in images],
     }
-    key_src = f"{record['settings_hash']}:{record['model_identity']}:{record['inputs_digest']}"
+    key_src = ":".join(record[k] for k in ("settings_hash", "model_identity", "backend", "inputs_digest"))
     record["run_key"] = run_key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     layout = Layout(cfg.out, gen.defect)
     done = open_run(layout, record)
     report.resumed = len(done & set(range(cfg.num)))
-    pipeline = AdaBLDM(models, gen, cfg.device)
 
     bar = tqdm(total=cfg.num, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
     try:
@@ -376,6 +394,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
             for sample in samples:
                 write_sample(layout, sample, run_key, settings, cfg.batch_size)
                 report.generated += 1
+                report.quality.append(sample.quality)
                 bar.update(1)
     except KeyboardInterrupt:
         report.interrupted = True
@@ -384,6 +403,33 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
         bar.close()
         write_contact_sheet(layout, cfg.contact_rows)
     return report
+
+
+def backend_name(cfg: JobConfig) -> str:
+    """'reference' (modules, no bundle) or the bundle backend: part of the run key."""
+    return "reference" if cfg.bundle is None else cfg.backend
+
+
+def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
+    """The pipeline of the job and the identity (weights hash) of its model."""
+    gen, device = cfg.generation, cfg.device
+    if cfg.bundle is None:
+        models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
+        for module in models.modules().values():
+            module.to(device)
+        return AdaBLDM(models, gen, device), models.identity()
+    bundle = Bundle.open(cfg.bundle)
+    bundle.check(resolution=gen.resolution)
+    wants_modules = cfg.backend == "torch" or cfg.model is not None
+    models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle) if wants_modules else None
+    if models is not None:
+        bundle.check(identity=models.identity())
+        for module in models.modules().values():
+            module.to(device)
+    engines = bundle_engines(bundle, cfg.backend, device, models)
+    vae = bundle.adapt_vae().to(device)
+    pipeline = EnginePipeline(engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device)
+    return pipeline, bundle.identity
 
 
 def _plan_chunk(chunk, gen, images, masks, report: JobReport) -> list[SamplePlan]:

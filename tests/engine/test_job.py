@@ -80,10 +80,10 @@ def test_manifest_lines(reference_run):
 
 def test_contact_sheet_and_run_record(reference_run):
     out, report = reference_run
-    with Image.open(out / "contact_sheet.png") as sheet:
+    with Image.open(out / "contact_sheet_defect.png") as sheet:
         assert sheet.format == "PNG" and sheet.mode == "RGB"
         assert sheet.height > report.total * 100 and sheet.width > 5 * 100  # a row per sample, 5 tiles
-    record = json.loads((out / "run.json").read_text())
+    record = json.loads((out / "runs" / "defect.json").read_text())
     assert record["run_key"] == manifest(out)[0]["run_key"]
     assert record["settings"]["sampler"]["steps"] == 4
     assert record["inputs"] == ["skimage:brick", "skimage:gravel"]
@@ -110,7 +110,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(
     report = run_job(job_config(out, num=ref.total), progress=False)
     assert report.interrupted and report.exit_code == EXIT_INTERRUPTED == 130
     assert report.generated == 1 and len(manifest(out)) == 1
-    assert (out / "contact_sheet.png").is_file()  # the finished sample is previewed anyway
+    assert (out / "contact_sheet_defect.png").is_file()  # the finished sample is previewed anyway
     monkeypatch.undo()
 
     rerun = run_job(job_config(out, num=ref.total), progress=False)
@@ -203,11 +203,11 @@ def test_other_settings_on_the_same_out_are_refused(reference_run, copy_of, job_
 
 def test_unreadable_run_record_is_refused(tmp_path, job_config):
     out = tmp_path / "b"
-    out.mkdir()
-    (out / "run.json").write_text("{ not json")
-    with pytest.raises(InputError, match="run.json") as exc:
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "defect.json").write_text("{ not json")
+    with pytest.raises(InputError, match="not a readable run record") as exc:
         run_job(job_config(out, num=1), progress=False)
-    assert str(out / "run.json") in str(exc.value)
+    assert str(out / "runs" / "defect.json") in str(exc.value)
 
 
 def test_larger_num_adds_samples(reference_run, copy_of, job_config, sample_files):
@@ -331,3 +331,18 @@ def test_no_usable_defect_mask(tmp_path, job_config):
     with pytest.raises(InputError, match="none of the defect masks") as exc:
         run_job(job_config(tmp_path / "out", num=1, masks=masks), progress=False)
     assert str(masks) in str(exc.value)
+
+
+def test_several_defect_types_share_one_category_folder(reference_run, copy_of, job_config):
+    ref_out, _ = reference_run
+    out = copy_of(ref_out)
+    before = (out / "manifest.jsonl").read_text().splitlines()
+    report = run_job(job_config(out, num=2, defect="scratch"), progress=False)
+    assert report.generated == 2 and report.exit_code == 0
+    assert sorted(p.name for p in (out / "test" / "scratch").iterdir()) == ["0000.png", "0001.png"]
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert lines[: len(before)] == before  # the first defect type's lines are untouched
+    assert [json.loads(x)["defect"] for x in lines[len(before):]] == ["scratch", "scratch"]
+    assert (out / "runs" / "scratch.json").is_file() and (out / "contact_sheet_scratch.png").is_file()
+    again = run_job(job_config(out), progress=False)  # the first type still resumes
+    assert again.generated == 0 and again.resumed == len(before)
