@@ -1,0 +1,41 @@
+"""The optional export paths: the dynamo exporter and ControlNet/UNet as two graphs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adabldm_engine.backends import OrtBackend, TorchBackend
+from adabldm_engine.runtime import bundle_engines
+from adabldm_export.bundle import Bundle, ExportConfig, export_bundle
+from adabldm_export.onnx_export import export_onnx
+from adabldm_export.specs import network_modules, network_specs, random_inputs
+from adabldm_export.validate import agreement
+
+
+@pytest.mark.parametrize("name", ["text_encoder", "vae_decoder"])
+def test_dynamo_exporter_at_opset_18(tiny, tmp_path, name):
+    pytest.importorskip("onnxscript")
+    import onnx
+
+    spec, module = network_specs(tiny, 256)[name], network_modules(tiny)[name]()
+    path = export_onnx(spec, module, tmp_path / f"{name}.onnx", batch=2, dynamo=True)
+    assert max(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")) >= 18
+    ort, ref = OrtBackend(spec, path), TorchBackend(spec, module)
+    for batch in (1, 3):
+        feed = random_inputs(spec, batch, torch.Generator().manual_seed(batch), vocab=514)
+        out = spec.output_names[0]
+        assert agreement(ort.infer(feed)[out], ref.infer(feed)[out]).rel_l2 < 1e-4
+
+
+def test_split_controlnet_bundle_matches_the_folded_module(tiny, tmp_path):
+    export_bundle(tiny, ExportConfig(out=tmp_path, batch_sizes=(1, 2), split_controlnet=True,
+                                     simplify=False, capture_steps=4))
+    bundle = Bundle.open(tmp_path)
+    assert set(bundle.manifest["networks"]) == {"text_encoder", "vae_encoder", "vae_decoder", "controlnet", "unet"}
+    engine = bundle_engines(bundle, "onnxruntime")["unet_control"]
+    folded = network_specs(tiny, 256)["unet_control"]
+    assert engine.spec.input_names == folded.input_names
+    ref = TorchBackend(folded, network_modules(tiny)["unet_control"]())
+    feed = random_inputs(folded, 2, torch.Generator().manual_seed(0), vocab=514)
+    expected = ref.infer(feed)["eps"].clone()
+    assert agreement(engine.infer(feed)["eps"], expected).rel_l2 < 1e-4
