@@ -10,7 +10,7 @@ import click
 from adabldm_ref.config import AdaptConfig, GenerationConfig, MaskConfig, SamplerConfig
 from adabldm_ref.procedural import KINDS
 
-from .job import EXIT_OK, JobConfig, run_job
+from .job import EXIT_INTERRUPTED, EXIT_OK, JobConfig, run_job
 
 EXIT_ERROR = 1
 
@@ -109,6 +109,9 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
             bundle=bundle, backend=backend, batch_size=batch_size, device=_device(device),
         )
         report = run_job(cfg, progress=not quiet)
+    except KeyboardInterrupt:  # before the job loop started (loading); nothing to keep
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except ValueError as exc:  # InputError, ModelLoadError, PlacementError, bad settings
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)

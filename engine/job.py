@@ -321,25 +321,28 @@ def _finite(value: float) -> float | None:
     return round(value, 4) if np.isfinite(value) else None
 
 
+def _load_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def write_contact_sheet(layout: Layout, rows: int) -> None:
     if not layout.manifest.exists():
         return
     lines = [json.loads(line) for line in layout.manifest.read_text().splitlines()]
     indices = sorted(e["index"] for e in lines if e.get("defect", layout.defect) == layout.defect)
-    tiles = []
+    tiles, names = [], []
     for i in indices[:rows]:
-        tiles.append(
-            [
-                np.asarray(Image.open(layout.extra(i, "source"))),
-                np.asarray(Image.open(layout.extra(i, "trimap"))),
-                np.asarray(Image.open(layout.extra(i, "blended"))),
-                np.asarray(Image.open(layout.image(i))),
-                np.asarray(Image.open(layout.mask(i))),
-            ]
-        )
+        paths = [layout.extra(i, "source"), layout.extra(i, "trimap"), layout.extra(i, "blended"),
+                 layout.image(i), layout.mask(i)]
+        try:
+            tiles.append([_load_png(p) for p in paths])
+            names.append(f"{i:04d}")
+        except OSError as exc:  # a preview must not fail a finished run
+            log.warning("contact sheet: sample %04d left out (%s)", i, exc)
     if tiles:
         labels = ("source", "trimap", "blended", "adapted", "mask")
-        write_png(layout.sheet, contact_sheet(tiles, labels, [f"{i:04d}" for i in indices[:rows]]))
+        write_png(layout.sheet, contact_sheet(tiles, labels, names))
 
 
 # ---------------------------------------------------------------------------------------

@@ -346,3 +346,13 @@ def test_several_defect_types_share_one_category_folder(reference_run, copy_of, 
     assert (out / "runs" / "scratch.json").is_file() and (out / "contact_sheet_scratch.png").is_file()
     again = run_job(job_config(out), progress=False)  # the first type still resumes
     assert again.generated == 0 and again.resumed == len(before)
+
+
+def test_missing_extras_leave_the_sample_out_of_the_contact_sheet_only(reference_run, copy_of, job_config):
+    out = copy_of(reference_run[0])
+    (out / "extra" / "defect" / "0001_source.png").unlink()
+    (out / "contact_sheet_defect.png").unlink()
+    report = run_job(job_config(out), progress=False)
+    assert report.exit_code == 0 and report.generated == 0
+    with Image.open(out / "contact_sheet_defect.png") as sheet:
+        assert sheet.height < 3 * 160  # two rows of three
