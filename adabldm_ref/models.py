@@ -170,6 +170,39 @@ def build_tiny(seed: int = 0) -> Models:
     return Models(unet, controlnet, vae, text_encoder, tokenizer, name=TINY).eval_()
 
 
+def build_random_sd15(seed: int = 0) -> Models:
+    """SD-1.5-size networks with seeded random weights (for timing: speed ignores weights).
+
+    UNet 860 M and ControlNet 361 M parameters, 768-d CLIP text encoder (12 layers),
+    SD VAE (128-256-512-512); the tokenizer is the tiny byte-level one.
+    """
+    tokenizer = tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
+        )
+        controlnet = ControlNetModel.from_unet(unet)
+        _perturb_controlnet(controlnet, torch.Generator().manual_seed(seed + 1))
+    return Models(unet, controlnet, vae, text_encoder, tokenizer, name="random-sd15").eval_()
+
+
 # ---------------------------------------------------------------------------------------
 # Local diffusers-format models
 
