@@ -15,7 +15,10 @@ import torch
 from adabldm_export.specs import NetworkSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
-BACKENDS = ("torch", "onnxruntime")
+# torch: the reference modules; onnxruntime: the bundle's graphs (CPU, or CUDA with
+# onnxruntime-gpu); torch-cuda / torch-compile: the modules in FP16 on the GPU, eager or
+# compiled (engine/cuda_backend.py); tensorrt: the bundle's engines (engine/trt_backend.py).
+BACKENDS = ("torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt")
 
 
 class BackendError(ValueError):
@@ -165,6 +168,8 @@ class OrtBackend(Backend):
         outputs = self._outputs(batch, inputs[0].device)
         for name, buf in outputs.items():
             _bind(binding.bind_output, name, buf)
+        if inputs[0].is_cuda:  # ORT's CUDA stream is not torch's: inputs must be written first
+            torch.cuda.current_stream(inputs[0].device).synchronize()
         self.session.run_with_iobinding(binding)
         return dict(outputs)
 

@@ -58,6 +58,11 @@ class SplitUNetControl(Backend):
         super().__init__(spec)
         self.controlnet, self.unet = controlnet, unet
 
+    @property
+    def graph_safe(self) -> bool:
+        """Capturable in a CUDA graph when both halves are (engine/graphed.py)."""
+        return bool(getattr(self.controlnet, "graph_safe", False) and getattr(self.unet, "graph_safe", False))
+
     def _infer(self, feed, batch):
         names = self.controlnet.spec.input_names
         residuals = self.controlnet.infer({n: feed[n] for n in names})
@@ -122,10 +127,12 @@ class EnginePipeline(AdaBLDM):
 
 def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | None = None,
                    threads: int | None = None) -> dict[str, Backend]:
-    """The networks of a bundle on ``backend`` ('onnxruntime' or 'torch').
+    """The networks of a bundle on ``backend`` (one of backends.BACKENDS).
 
     'torch' runs the reference modules of ``models``, which must be the model the bundle
-    was exported from (checked by weight identity).
+    was exported from (checked by weight identity); 'torch-cuda'/'torch-compile' run the
+    same modules in FP16 on a CUDA device (the built-in tiny model needs no ``models``);
+    'onnxruntime' and 'tensorrt' run the bundle's graphs / engines.
     """
     from adabldm_export.specs import NetworkSpec
 
@@ -138,10 +145,37 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
             raise BackendError("the torch backend needs the model the bundle was exported from")
         bundle.check(identity=models.identity())
         return torch_engines(models, bundle.resolution)
-    names = list(bundle.manifest["networks"])
-    engines: dict[str, Backend] = {n: OrtBackend(bundle.spec(n), bundle.graph(n), device, threads) for n in names}
+    if backend in ("torch-cuda", "torch-compile"):
+        return _torch_cuda_bundle(bundle, backend, device, models)
+    if backend == "tensorrt":
+        from .trt_backend import trt_engines
+
+        engines: dict[str, Backend] = dict(trt_engines(bundle, device))
+    else:
+        names = list(bundle.manifest["networks"])
+        engines = {n: OrtBackend(bundle.spec(n), bundle.graph(n), device, threads) for n in names}
     if "unet_control" not in engines:
         cn, unet = engines.pop("controlnet"), engines.pop("unet")
         folded = NetworkSpec("unet_control", unet.spec.inputs[:3] + cn.spec.inputs[2:], unet.spec.outputs)
         engines["unet_control"] = SplitUNetControl(folded, cn, unet)
     return engines
+
+
+def _torch_cuda_bundle(bundle, backend: str, device: str, models: Models | None) -> dict[str, Backend]:
+    """The bundle's model as TorchCudaBackends (FP16, channels-last; compiled for 'torch-compile')."""
+    import torch
+
+    from adabldm_ref.models import TINY, build_tiny
+
+    from .backends import BackendError
+    from .cuda_backend import TorchCudaConfig, torch_cuda_engines
+
+    if torch.device(device).type != "cuda":
+        raise BackendError(f"--backend {backend} runs on a CUDA device, not {device!r}; on the CPU use --backend torch")
+    if models is None and bundle.manifest["model"]["name"] == TINY:
+        models = build_tiny()
+    if models is None:
+        raise BackendError(f"the {backend} backend needs the model the bundle was exported from (--model/--controlnet)")
+    bundle.check(identity=models.identity())
+    cfg = TorchCudaConfig(compile=backend == "torch-compile")
+    return torch_cuda_engines(models, bundle.resolution, cfg, device)

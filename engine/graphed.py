@@ -1,0 +1,143 @@
+"""The denoising step on static buffers, replayed from one CUDA graph when it can be.
+
+A :class:`StepRunner` owns the step's inputs (latent, timestep, coefficients, blend
+targets, noise) as fixed tensors. Eagerly, a call runs :func:`ddim_blend_step` on them;
+with ``graph=True`` the whole step (engine call(s), CFG combine, DDIM update, latent
+blend) is captured once in a ``torch.cuda.CUDAGraph`` and every later call is a replay,
+so a 50-step sample costs 50 graph launches instead of thousands of kernel launches.
+Capture follows PyTorch's documented recipe: warm-up on a side stream, then capture.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from adabldm_ref.config import LATENT_STRIDE
+from adabldm_ref.pipeline import SamplePlan, to_tensor
+from adabldm_ref.sampler import BlendTargets, NoiseSource
+
+from .runtime import EngineCFG, EnginePipeline
+from .step import DdimTable, EpsFn, ddim_blend_step, ddim_table, sample_blended_static
+
+WARMUP_STEPS = 2  # eager runs before capture: lazy inits, cuDNN/TensorRT first-call work
+
+
+class StepRunner:
+    """Step i of the blended DDIM loop on static buffers, eager or as a CUDA-graph replay.
+
+    ``eps_fn`` must read only tensors that stay at fixed addresses (an :class:`EngineCFG`
+    does: its constant feed is built once). Outputs are the runner's own buffers, valid
+    until the next call.
+    """
+
+    def __init__(self, eps_fn: EpsFn, table: DdimTable, z_ok: torch.Tensor, m_keep: torch.Tensor, graph: bool = False):
+        self.eps_fn, self.table = eps_fn, table
+        dev = z_ok.device
+        self.z = torch.zeros_like(z_ok)
+        self.noise = torch.zeros_like(z_ok)
+        self.z_ok, self.m_keep = z_ok.clone(), m_keep.clone()
+        self.t = torch.zeros((), device=dev)
+        self.coef = table.coef[0].clone()
+        self.blend = torch.zeros((), device=dev)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+        if graph:
+            self._capture()
+
+    def load(self, z_ok: torch.Tensor, m_keep: torch.Tensor) -> None:
+        """New blend targets for the next batch (same shapes)."""
+        self.z_ok.copy_(z_ok)
+        self.m_keep.copy_(m_keep)
+
+    def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return ddim_blend_step(self.eps_fn, self.z, self.t, self.coef, self.blend, self.z_ok, self.m_keep, self.noise)
+
+    def _set(self, i: int, z: torch.Tensor, noise: torch.Tensor | None) -> None:
+        self.z.copy_(z)
+        self.t.copy_(self.table.timesteps[i])
+        self.coef.copy_(self.table.coef[i])
+        self.blend.fill_(0.0 if noise is None else 1.0)
+        if noise is not None:
+            self.noise.copy_(noise)
+
+    @torch.no_grad()
+    def _capture(self) -> None:
+        if not self.z.is_cuda:
+            raise ValueError(f"CUDA-graph capture needs CUDA tensors, the step's are on {self.z.device}")
+        side = torch.cuda.Stream(self.z.device)
+        side.wait_stream(torch.cuda.current_stream(self.z.device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self._run()
+        torch.cuda.current_stream(self.z.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._out = self._run()
+
+    @torch.no_grad()
+    def __call__(self, i: int, z: torch.Tensor, noise: torch.Tensor | None = None):
+        """(z_prev, pred_x0) of step i from latent z; ``noise`` given = latent-blend step."""
+        self._set(i, z, noise)
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        return self._out
+
+
+def graph_safe(backend) -> bool:
+    """Whether a backend's calls can be captured in a CUDA graph (declared by the class)."""
+    return bool(getattr(backend, "graph_safe", False))
+
+
+class GraphedEnginePipeline(EnginePipeline):
+    """:class:`EnginePipeline` whose denoising loop runs on a :class:`StepRunner`.
+
+    Same plans, noise order and outputs as the reference loop. ``graphs=None`` captures
+    the step in a CUDA graph when the device is CUDA and the UNet+ControlNet backend says
+    it is graph safe (TensorRT, compiled/eager PyTorch CUDA); one runner (and graph) is
+    kept per batch size and reloaded with each batch's targets.
+    """
+
+    def __init__(self, *args, graphs: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if graphs is None:
+            graphs = self.device.type == "cuda" and graph_safe(self.unet_control)
+        self.graphs = graphs
+        self.table = ddim_table(self.scheduler, self.cfg.sampler.steps, self.device)
+        self._runners: dict[int, StepRunner] = {}
+
+    def _step_runner(self, hint: torch.Tensor, targets: BlendTargets) -> StepRunner:
+        b = hint.shape[0]
+        runner = self._runners.get(b)
+        if runner is None:
+            eps = self._denoiser(hint)
+            runner = self._runners[b] = StepRunner(eps, self.table, targets.z_ok, targets.m_keep, self.graphs)
+        else:
+            _reload_hint(runner.eps_fn, hint)
+            runner.load(targets.z_ok, targets.m_keep)
+        return runner
+
+    @torch.no_grad()
+    def diffuse(self, plans: Sequence[SamplePlan], callback=None):
+        """Stages 1-3 for a batch: (z*, x_ok, mask); inputs prepared as AdaBLDM.diffuse."""
+        dev = self.device
+        noise = NoiseSource([torch.Generator().manual_seed(p.seed) for p in plans], dev)
+        x_ok = torch.cat([to_tensor(p.rgb) for p in plans]).to(dev)
+        mask = torch.stack([torch.from_numpy(p.mask).float()[None] for p in plans]).to(dev)
+        m_keep = torch.stack([torch.from_numpy(p.m_keep)[None] for p in plans]).to(dev)
+        hint = torch.stack([torch.from_numpy(p.trimap).float().div(255).expand(3, -1, -1) for p in plans])
+        r = self.cfg.resolution // LATENT_STRIDE
+        z_t = noise.randn(4, r, r)  # drawn first, as the reference
+        z_ok = self.codec.encode(x_ok, noise.randn(4, r, r))
+        targets = BlendTargets(z_ok=z_ok, m_keep=m_keep, x_ok=x_ok, mask=mask)
+        runner = self._step_runner(hint.to(dev), targets)
+        z = sample_blended_static(runner, z_t, self.table, self.cfg.sampler, targets, self.codec, noise, callback)
+        return z, x_ok, mask
+
+
+def _reload_hint(eps_fn, hint: torch.Tensor) -> None:
+    """Write a new batch's trimaps into an EngineCFG's constant (2B) hint in place."""
+    if not isinstance(eps_fn, EngineCFG):
+        raise TypeError(f"cannot reload the hint of {type(eps_fn).__name__}: expected an EngineCFG")
+    eps_fn.feed["hint"].copy_(torch.cat([hint, hint]))

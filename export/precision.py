@@ -1,0 +1,158 @@
+"""Reduced precision for GPU engines: the FP32-fallback decision and FP16 ONNX graphs.
+
+TensorRT 10 builds FP16 engines from *strongly typed* networks (TensorRT 11 accepts
+nothing else): the ONNX graph itself carries FP16 weights and ops, with FP32 inputs and
+outputs kept so that the bundle's specs and the runtime stay the same. The SD VAE is the
+network known to overflow in FP16; a network in ``FP32_FALLBACK`` whose FP16 engine gives
+non-finite (or near-overflow) values is rebuilt in FP32, any other is refused.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Mapping, Sequence
+
+import torch
+
+TWO_GB = 2**31 - 1
+Precision = Literal["fp16", "fp32"]
+PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
+FP32_FALLBACK = ("vae_encoder", "vae_decoder")  # the SD VAE is the FP16 overflow risk
+FP16_MAX = 65504.0
+OVERFLOW_MARGIN = 0.5  # |output| beyond half the FP16 range: too close to overflow to trust
+
+
+class PrecisionError(RuntimeError):
+    """An engine whose reduced-precision outputs cannot be used, and no fallback allowed."""
+
+
+@dataclass(frozen=True)
+class FiniteCheck:
+    """What a reduced-precision engine produced on sample inputs."""
+
+    values: int  # output elements checked
+    nonfinite: int  # NaN or inf among them
+    max_abs: float  # largest finite magnitude
+
+    @property
+    def safe(self) -> bool:
+        return self.nonfinite == 0 and self.max_abs <= OVERFLOW_MARGIN * FP16_MAX
+
+    def describe(self) -> str:
+        return f"{self.nonfinite} non-finite of {self.values} values, max |x| {self.max_abs:.3g}"
+
+
+def finite_check(outputs: Iterable[torch.Tensor]) -> FiniteCheck:
+    """Count non-finite values and the largest finite magnitude over ``outputs``."""
+    values = nonfinite = 0
+    max_abs = 0.0
+    for x in outputs:
+        x = x.detach().float()
+        finite = torch.isfinite(x)
+        values += x.numel()
+        nonfinite += int((~finite).sum())
+        if finite.any():
+            max_abs = max(max_abs, float(x[finite].abs().max()))
+    return FiniteCheck(values, nonfinite, max_abs)
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    precision: str  # what the engine is built / run in
+    reason: str  # why (empty when the requested precision stands)
+
+
+def choose_precision(
+    network: str,
+    requested: str,
+    check: FiniteCheck | None,
+    fallback: tuple[str, ...] = FP32_FALLBACK,
+) -> PrecisionDecision:
+    """Keep ``requested`` if its outputs are safe; fall back to FP32 for ``fallback``
+    networks; raise PrecisionError for any other network with unsafe outputs.
+
+    ``check`` is None when nothing was checked (FP32 requested: nothing to decide).
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: expected one of {', '.join(PRECISIONS)}")
+    if requested == "fp32" or check is None or check.safe:
+        return PrecisionDecision(requested, "")
+    why = f"{network} in {requested} produced {check.describe()}"
+    if network in fallback:
+        return PrecisionDecision("fp32", why + "; falling back to fp32")
+    raise PrecisionError(
+        f"{why}; only {', '.join(fallback) or 'no network'} may fall back to fp32."
+        " Build this network in fp32 (adabldm-export --trt --trt-precision fp32) or check the weights"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# FP16 ONNX graphs
+
+
+def fp16_onnx(src: str | Path, dst: str | Path, block_nodes: Sequence[str] = ()) -> Path:
+    """Write an FP16 copy of the FP32 graph ``src`` to ``dst``; inputs and outputs stay FP32,
+    ``block_nodes`` (e.g. from a calibration precision map) stay FP32 inside.
+
+    Weights and ops become float16 (onnxruntime.transformers' converter, the one ORT's
+    Stable Diffusion tooling uses); Cast nodes at the graph's edges keep its interface.
+    Graphs over 2 GB work: the converter reads a path and infers shapes file to file, and
+    ``dst`` then gets one external-data file ``<dst>.data``.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    src, dst = Path(src), Path(dst)
+    skeleton = onnx.load(str(src), load_external_data=False)  # weights stay in their file
+    del skeleton.graph.value_info[:]  # the export's stale FP32 value infos confuse the converter
+    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=src.parent)  # beside src: external data resolves
+    os.close(fd)
+    try:
+        onnx.save(skeleton, tmp)
+        model = convert_float_to_float16(tmp, keep_io_types=True, node_block_list=list(block_nodes))
+    finally:
+        os.remove(tmp)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return save_graph(model, dst)
+
+
+def save_graph(model, path: Path) -> Path:
+    """Save an ONNX model, with one external-data file ``<path>.data`` past 2 GB."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    if _byte_size(model) > TWO_GB:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _byte_size(model) -> float:
+    """The serialised size; ByteSize itself fails on some protobuf builds past 2 GB."""
+    try:
+        return float(model.ByteSize())
+    except Exception:  # noqa: BLE001 - protobuf raises implementation-specific errors
+        return math.inf
+
+
+def graph_float_types(path: str | Path) -> dict[str, Mapping[str, int]]:
+    """Element types of a graph's inputs, outputs and initializers (counts per type name)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    name = onnx.TensorProto.DataType.Name
+    io = {
+        "inputs": {i.name: name(i.type.tensor_type.elem_type) for i in model.graph.input},
+        "outputs": {o.name: name(o.type.tensor_type.elem_type) for o in model.graph.output},
+    }
+    counts: dict[str, int] = {}
+    for init in model.graph.initializer:
+        counts[name(init.data_type)] = counts.get(name(init.data_type), 0) + 1
+    return {**io, "initializers": counts}
+
