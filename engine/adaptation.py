@@ -1,0 +1,369 @@
+"""Fast online decoder adaptation (ALGORITHM.md, stage 4), batched across samples.
+
+The reference (:func:`adabldm_ref.adaptation.adapt_decoder`) fine-tunes a copy of the
+whole VAE decoder for each sample, 200 AdamW steps, one sample at a time. Here the same
+loss and optimiser run with these shortcuts, each an option of :class:`FastAdaptConfig`
+whose reference value gives the reference behaviour:
+
+- only the tail of the decoder trains (``trainable``); the frozen head's output is
+  computed once per sample instead of once per step (``cache_frozen``);
+- B samples train at once, each with its own copy of the tail's parameters, stacked
+  along a leading axis and run through ``torch.func.vmap`` (``batching``);
+- step count, learning rate, early stop on the loss, bf16 autocast.
+
+The model's own decoder is never modified: trained parameters live outside it and are
+applied with ``torch.func.functional_call``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from adabldm_ref.adaptation import adaptation_loss
+from adabldm_ref.config import AdaptConfig
+
+ALL = "all"
+Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FastAdaptConfig:
+    """Shortcuts over the reference adaptation; :meth:`reference` switches all of them off.
+
+    The defaults are what benchmarks/bench_adaptation.py chose (its ``choose_default``:
+    the cheapest variant within 0.5 dB background PSNR and >= 35 dB defect PSNR of the
+    reference, else the cheapest exact configuration); measurements in
+    benchmarks/results/adaptation_cpu.md. On the CPU no shortcut kept the reference's
+    quality, so the default computes the reference's result; every shortcut is opt-in.
+    """
+
+    # First decoder stage that trains (a name from decoder_stage_names(), or a prefix of
+    # one such as "up_blocks.3"); everything before it is frozen. "all": the whole decoder
+    # (reference). Measured: training only up_blocks.3 (+ output layers) costs 1/4 of the
+    # arithmetic per step (SD-size), up_blocks.2+ 1/2, but every tail-only variant stopped
+    # ~9 dB of background PSNR short of the reference on the tiny decoder.
+    trainable: str = ALL
+    # Frozen head computed once per sample, not once per step (exact; no-op while "all"
+    # trains). False recomputes it every step: only costs time, kept to measure caching.
+    cache_frozen: bool = True
+    # Upper bound on AdamW updates per sample; None: AdaptConfig.iters (200, reference).
+    # Measured: 100 steps at lr 2e-4 lost 2.7 dB, 20 at 1e-3 lost 9 dB.
+    iters: int | None = None
+    # AdamW learning rate; None: AdaptConfig.lr (1e-4). Fewer steps need a larger lr to
+    # move the weights as far as the reference's 200 steps do.
+    lr: float | None = None
+    # Stop a sample once its loss fell by less than this fraction over the last
+    # `patience` steps (its image is the one of that step); 0: never (reference). The
+    # reference's loss is still falling at step 200 on the tiny decoder.
+    early_stop_tol: float = 0.0
+    patience: int = 10  # window of the early-stop test, in steps
+    # "vmap": B samples in one grouped computation, each with its own parameters; "loop":
+    # one sample after another (reference). Same per-sample results. On the CPU vmap was
+    # slower (0.7x tiny decoder at B=3, 0.9x SD-size): grouped convolutions and a
+    # decomposed GroupNorm cost more than per-sample kernels. Not yet measured on a GPU.
+    batching: Literal["vmap", "loop"] = "loop"
+    # "bf16": autocast the decoder to bfloat16 (GPUs with bf16 tensor cores); "fp32":
+    # reference. Not measured on a GPU yet (none here), so fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.iters is not None and self.iters < 0:
+            raise ValueError(f"iters={self.iters}: expected >= 0 or None")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr={self.lr}: expected > 0 or None")
+        if not 0.0 <= self.early_stop_tol < 1.0:
+            raise ValueError(f"early_stop_tol={self.early_stop_tol}: expected 0 <= tol < 1")
+        if self.patience < 1:
+            raise ValueError(f"patience={self.patience}: expected >= 1")
+        if self.batching not in ("vmap", "loop"):
+            raise ValueError(f"batching={self.batching!r}: expected 'vmap' or 'loop'")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={self.precision!r}: expected 'fp32' or 'bf16'")
+
+    @classmethod
+    def reference(cls) -> "FastAdaptConfig":
+        """Every shortcut off: the reference loop's computation, sample by sample."""
+        return cls(
+            trainable=ALL, cache_frozen=False, iters=None, lr=None, early_stop_tol=0.0,
+            batching="loop", precision="fp32",
+        )
+
+    def replace(self, **changes) -> "FastAdaptConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class BatchAdaptResult:
+    images: torch.Tensor  # (B, 3, H, W) float32 in ~[-1, 1]: D_theta_b(z*_b)
+    loss_first: torch.Tensor  # (B,) float32, before any update
+    loss_final: torch.Tensor  # (B,) float32, of the returned image
+    steps: torch.Tensor  # (B,) int64, AdamW updates behind the returned image
+
+
+# ---------------------------------------------------------------------------------------
+# The decoder as a sequence of stages
+
+
+class DecoderPart(nn.Module):
+    """A run of consecutive decoder stages, x (N, C, h, w) -> (N, C', h', w')."""
+
+    def __init__(self, stages: list[tuple[str, nn.Module, bool]]):
+        super().__init__()
+        self.names = [name for name, _, _ in stages]
+        self.takes_temb = [t for _, _, t in stages]
+        self.stages = nn.ModuleList([m for _, m, _ in stages])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage, takes_temb in zip(self.stages, self.takes_temb):
+            x = stage(x, None) if takes_temb else stage(x)
+        return x
+
+
+def decoder_stages(decoder: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, takes_temb) in the order of diffusers' ``Decoder.forward``."""
+    if not isinstance(getattr(decoder, "conv_norm_out", None), nn.GroupNorm):
+        raise ValueError(
+            f"{type(decoder).__name__}: expected a diffusers Decoder with GroupNorm output"
+            " (AutoencoderKL.decoder); spatial-norm decoders are not supported"
+        )
+    stages = [("conv_in", decoder.conv_in, False), ("mid_block", decoder.mid_block, True)]
+    for i, block in enumerate(decoder.up_blocks):
+        stages += [(f"up_blocks.{i}.resnets.{j}", r, True) for j, r in enumerate(block.resnets)]
+        ups = block.upsamplers or []
+        stages += [(f"up_blocks.{i}.upsamplers.{j}", u, False) for j, u in enumerate(ups)]
+    stages += [
+        ("conv_norm_out", decoder.conv_norm_out, False),
+        ("conv_act", decoder.conv_act, False),
+        ("conv_out", decoder.conv_out, False),
+    ]
+    return stages
+
+
+def decoder_stage_names(decoder: nn.Module) -> list[str]:
+    return [name for name, _, _ in decoder_stages(decoder)]
+
+
+def split_decoder(decoder: nn.Module, trainable: str) -> tuple[DecoderPart, DecoderPart]:
+    """(frozen head, trainable tail); tail(head(h)) == decoder(h) op for op."""
+    stages = decoder_stages(decoder)
+    if trainable == ALL:
+        return DecoderPart([]), DecoderPart(stages)
+    names = [name for name, _, _ in stages]
+    hits = [k for k, n in enumerate(names) if n == trainable or n.startswith(trainable + ".")]
+    if not hits:
+        raise ValueError(
+            f"trainable={trainable!r}: expected 'all' or a decoder stage (or prefix of one):"
+            f" {', '.join(names)}"
+        )
+    return DecoderPart(stages[: hits[0]]), DecoderPart(stages[hits[0] :])
+
+
+# ---------------------------------------------------------------------------------------
+# Per-sample parameters, forward and loss
+
+
+def stack_params(part: nn.Module, batch: int) -> Params:
+    """Each parameter of ``part`` repeated to (B, *shape): a trainable copy per sample."""
+    return {
+        name: p.detach().unsqueeze(0).repeat(batch, *([1] * p.dim())).requires_grad_(True)
+        for name, p in part.named_parameters()
+    }
+
+
+def tail_forward(tail: DecoderPart, params: Params, x: torch.Tensor, batching: str) -> torch.Tensor:
+    """Sample b through ``tail`` with parameters ``params[*][b]``: x (B, C, h, w) -> (B, 3, H, W)."""
+    if batching == "vmap":
+
+        def one(p: Params, xb: torch.Tensor) -> torch.Tensor:
+            return functional_call(tail, p, (xb.unsqueeze(0),)).squeeze(0)
+
+        return vmap(one)(params, x)
+    # x[b : b + 1] keeps x's strides (a channels-last x[b][None] would not): same kernels
+    # as a batch of one, so "loop" reproduces the reference bit for bit.
+    return torch.cat(
+        [functional_call(tail, {k: v[b] for k, v in params.items()}, (x[b : b + 1],)) for b in range(x.shape[0])]
+    )
+
+
+def per_sample_loss(x, x_fg, x_ok, mask, preservation: float) -> torch.Tensor:
+    """The reference loss of each sample, (B,): x, x_fg, x_ok (B, 3, H, W), mask (B, 1, H, W)."""
+    return torch.stack(
+        [
+            adaptation_loss(x[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1], mask[b : b + 1], preservation)
+            for b in range(x.shape[0])
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# AdamW over stacked parameters (torch.optim.AdamW's single-tensor arithmetic, per element)
+
+
+def adamw_init(params: Params) -> dict[str, Params]:
+    return {"m": {k: torch.zeros_like(v) for k, v in params.items()},
+            "v": {k: torch.zeros_like(v) for k, v in params.items()}}
+
+
+@torch.no_grad()
+def adamw_step(params: Params, state: dict[str, Params], step: int, lr: float, wd: float,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """One decoupled-weight-decay Adam update (Loshchilov & Hutter 2019), in place; step >= 1."""
+    b1, b2 = betas
+    step_size = lr / (1 - b1**step)
+    bc2_sqrt = (1 - b2**step) ** 0.5
+    for k, p in params.items():
+        g, m, v = p.grad, state["m"][k], state["v"][k]
+        p.mul_(1 - lr * wd)
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(eps), value=-step_size)
+        p.grad = None
+
+
+# ---------------------------------------------------------------------------------------
+# The batched loop
+
+
+def check_inputs(z_star, x_fg, x_ok, mask) -> None:
+    """Shapes at the boundary: z (B, 4, h, w); x_fg, x_ok (B, 3, 8h, 8w); mask (B, 1, 8h, 8w)."""
+    if z_star.dim() != 4:
+        raise ValueError(f"z_star of shape {tuple(z_star.shape)}: expected (B, C, h, w)")
+    b, _, h, w = z_star.shape
+    for name, t, c in (("x_fg", x_fg, 3), ("x_ok", x_ok, 3), ("mask", mask, 1)):
+        if t.dim() != 4 or t.shape[0] != b or t.shape[1] != c or t.shape[2] % h or t.shape[3] % w:
+            raise ValueError(
+                f"{name} of shape {tuple(t.shape)} does not match z_star {tuple(z_star.shape)}:"
+                f" expected ({b}, {c}, H, W) with H, W multiples of {h}, {w}"
+            )
+    if x_fg.shape != x_ok.shape or mask.shape[2:] != x_ok.shape[2:]:
+        raise ValueError(f"x_fg {tuple(x_fg.shape)}, x_ok {tuple(x_ok.shape)}, mask {tuple(mask.shape)}: sizes differ")
+
+
+def _frozen_features(vae, head: DecoderPart | None, z: torch.Tensor, batching: str) -> torch.Tensor:
+    """post_quant_conv (frozen, as the reference), then ``head`` if given: (B, 4, h, w) -> (B, C, h', w').
+
+    "loop" runs each sample alone, as the reference does, so that every kernel sees a
+    batch of one and the results agree bit for bit.
+    """
+
+    def run(zb: torch.Tensor) -> torch.Tensor:
+        feats = vae.post_quant_conv(zb)
+        return feats if head is None else head(feats)
+
+    if batching == "vmap":
+        return run(z)
+    return torch.cat([run(z[b : b + 1]) for b in range(z.shape[0])])
+
+
+@dataclass
+class _Active:
+    """The samples still training, compacted: ``index`` maps rows to batch positions."""
+
+    index: torch.Tensor  # (A,) int64
+    params: Params  # (A, *shape) each
+    state: dict[str, Params]
+    head_in: torch.Tensor  # (A, C, h, w): head input (h) or, cached, head output
+    targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x_fg, x_ok, mask rows
+
+    def keep(self, rows: torch.Tensor) -> "_Active":
+        sub = lambda d: {k: v.detach()[rows] for k, v in d.items()}  # noqa: E731
+        params = {k: v.requires_grad_(True) for k, v in sub(self.params).items()}
+        state = {"m": sub(self.state["m"]), "v": sub(self.state["v"])}
+        targets = tuple(t[rows] for t in self.targets)
+        return _Active(self.index[rows], params, state, self.head_in[rows], targets)
+
+
+def _stopped(history: list[torch.Tensor], fast: FastAdaptConfig) -> torch.Tensor:
+    """(A,) bool: loss fell by less than early_stop_tol over the last `patience` steps."""
+    if fast.early_stop_tol <= 0 or len(history) <= fast.patience:
+        return torch.zeros_like(history[-1], dtype=torch.bool)
+    return history[-1] > (1 - fast.early_stop_tol) * history[-1 - fast.patience]
+
+
+@dataclass
+class _Outputs:
+    """Per-sample results, filled in as samples finish."""
+
+    images: torch.Tensor  # (B, 3, H, W)
+    loss_first: torch.Tensor  # (B,)
+    loss_final: torch.Tensor  # (B,)
+    steps: torch.Tensor  # (B,) int64
+
+    def record(self, index: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, steps: int) -> None:
+        self.images[index], self.loss_final[index] = x.detach(), loss.detach()
+        self.steps[index.cpu()] = steps
+
+
+def adapt_batch(
+    vae,
+    z_star: torch.Tensor,
+    x_fg: torch.Tensor,
+    x_ok: torch.Tensor,
+    mask: torch.Tensor,
+    adapt_cfg: AdaptConfig,
+    fast: FastAdaptConfig,
+    latent_scale: float,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> BatchAdaptResult:
+    """Adapt a copy of the decoder per sample, all B samples at once; return D_theta_b(z*_b).
+
+    z_star: (B, 4, h, w) scaled final latents; x_fg = D(z*) and x_ok: (B, 3, H, W) in
+    [-1, 1]; mask: (B, 1, H, W) float, 1 = defect. Loss and AdamW settings come from
+    ``adapt_cfg`` (iters and lr unless ``fast`` overrides them). Sample b's result does
+    not depend on the other samples of the batch. ``callback(step, losses)`` is called
+    after each update with the losses (A,) of the A samples that took it.
+    """
+    check_inputs(z_star, x_fg, x_ok, mask)
+    iters = adapt_cfg.iters if fast.iters is None else fast.iters
+    lr = adapt_cfg.lr if fast.lr is None else fast.lr
+    head, tail = split_decoder(vae.decoder, fast.trainable)
+    amp = torch.autocast(z_star.device.type, torch.bfloat16, enabled=fast.precision == "bf16")
+    with torch.no_grad(), amp:
+        h = _frozen_features(vae, head if fast.cache_frozen else None, z_star / latent_scale, fast.batching)
+
+    def decode(act: _Active) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (A, 3, H, W) float32 and losses (A,) of the active samples."""
+        with amp:
+            feats = act.head_in
+            if not fast.cache_frozen:
+                with torch.no_grad():
+                    feats = head(feats)
+            x = tail_forward(tail, act.params, feats, fast.batching).float()
+        return x, per_sample_loss(x, *act.targets, adapt_cfg.preservation)
+
+    b = z_star.shape[0]
+    params = stack_params(tail, b)
+    act = _Active(torch.arange(b, device=z_star.device), params, adamw_init(params), h, (x_fg, x_ok, mask))
+    zeros = torch.zeros(b, device=x_ok.device)
+    out = _Outputs(torch.empty_like(x_ok), zeros, zeros.clone(), torch.zeros(b, dtype=torch.long))
+    history: list[torch.Tensor] = []
+    for step in range(iters):
+        with torch.enable_grad():
+            x, loss = decode(act)
+        history.append(loss.detach())
+        if step == 0:
+            out.loss_first[act.index] = loss.detach()
+        stop = _stopped(history, fast)
+        out.record(act.index[stop], x[stop], loss[stop], step)  # that step's image
+        if not stop.all():
+            loss[~stop].sum().backward()  # samples are independent: sum = per-sample grads
+            adamw_step(act.params, act.state, step + 1, lr, adapt_cfg.weight_decay)
+            if callback is not None:
+                callback(step, loss.detach()[~stop])
+        if stop.any():  # drop finished samples from the batch
+            history = [past[~stop] for past in history]
+            act = act.keep(~stop)
+        if act.index.numel() == 0:
+            break
+    if act.index.numel():
+        with torch.no_grad():
+            x, loss = decode(act)
+        out.record(act.index, x, loss, iters)
+        if iters == 0:
+            out.loss_first[act.index] = loss
+    return BatchAdaptResult(out.images, out.loss_first, out.loss_final, out.steps)
