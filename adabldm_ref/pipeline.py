@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .adaptation import adapt_decoder
+from .adaptation import AdaptResult, adapt_decoder
 from .config import LATENT_STRIDE, GenerationConfig
 from .masks import Placement, foreground_mask, latent_keep_mask, make_trimap, place_defect, resize_gray
 from .models import Models, encode_prompts, make_scheduler
@@ -210,20 +210,26 @@ class AdaBLDM:
         with torch.no_grad():
             x_fg = self.codec.decode(z)
         diffusion_s = (time.perf_counter() - t0) / len(plans)
+        rows = [b for b, plan in enumerate(plans) if finish is None or finish(plan)]
+        t1 = time.perf_counter()
+        adapted = self._adapt_rows(z[rows], x_fg[rows], x_ok[rows], mask[rows])
+        adapt_s = (time.perf_counter() - t1) / max(len(rows), 1)
         return [
-            self._adapt(plan, z[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1], mask[b : b + 1], diffusion_s)
-            for b, plan in enumerate(plans)
-            if finish is None or finish(plan)
+            self._sample(plans[b], x_fg[b : b + 1], result, {"diffusion_s": diffusion_s, "adapt_s": adapt_s})
+            for b, result in zip(rows, adapted)
         ]
 
-    def _adapt(self, plan: SamplePlan, z, x_fg, x_ok, mask, diffusion_s: float) -> Sample:
-        """Stage 4 for one sample, with its quality figures."""
-        t1 = time.perf_counter()
-        adapted = adapt_decoder(
-            self.adapt_vae, z, x_fg, x_ok, mask, self.cfg.adapt, self.latent_scale
-        )
-        sample = Sample(plan, image=to_uint8(adapted.image), blended=to_uint8(x_fg))
-        sample.timings = {"diffusion_s": diffusion_s, "adapt_s": time.perf_counter() - t1}
+    def _adapt_rows(self, z, x_fg, x_ok, mask) -> list[AdaptResult]:
+        """Stage 4 for each row: a fresh decoder copy per sample (the reference loop)."""
+        return [
+            adapt_decoder(self.adapt_vae, z[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1],
+                          mask[b : b + 1], self.cfg.adapt, self.latent_scale)
+            for b in range(z.shape[0])
+        ]
+
+    def _sample(self, plan: SamplePlan, x_fg, adapted: AdaptResult, timings: dict) -> Sample:
+        """A finished sample with its quality figures."""
+        sample = Sample(plan, image=to_uint8(adapted.image), blended=to_uint8(x_fg), timings=timings)
         keep = ~plan.mask
         sample.quality = {
             "bg_psnr_before": masked_psnr(sample.blended, plan.rgb, keep),

@@ -499,17 +499,12 @@ def bulk_once(ctx: Context, pipe, plans, fast: bool) -> float:
 
 
 def fast_adapt(ctx: Context, pipe, plans) -> None:
-    """Batched diffusion, then engine/adaptation.py's batched adaptation of all samples
-    (the reference adaptation, sample by sample, where that module is absent)."""
+    """Batched diffusion, then engine/adaptation.py's batched adaptation of all samples."""
+    from adabldm_engine.adaptation import FastAdaptConfig, adapt_batch
+
     z, x_ok, mask = pipe.diffuse(plans)
     with torch.no_grad():
         x_fg = pipe.codec.decode(z)
-    try:
-        from adabldm_engine.adaptation import FastAdaptConfig, adapt_batch
-    except ImportError:
-        for b, plan in enumerate(plans):
-            pipe._adapt(plan, z[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1], mask[b : b + 1], 0.0)
-        return
     fast = FastAdaptConfig(precision="bf16" if ctx.device.type == "cuda" else "fp32")
     fast = dataclasses.replace(fast, iters=min(fast.iters or ctx.cfg.adapt_iters, ctx.cfg.adapt_iters))
     adapt_batch(ctx.models.vae, z, x_fg, x_ok, mask, pipe.cfg.adapt, fast, ctx.models.latent_scale)

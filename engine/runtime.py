@@ -12,10 +12,12 @@ from typing import Mapping
 import torch
 
 from adabldm_export.specs import network_modules, network_specs
+from adabldm_ref.adaptation import AdaptResult
 from adabldm_ref.config import GenerationConfig
 from adabldm_ref.models import Models
 from adabldm_ref.pipeline import AdaBLDM
 
+from .adaptation import FastAdaptConfig, adapt_batch
 from .backends import Backend, TorchBackend
 
 
@@ -108,7 +110,9 @@ class EnginePipeline(AdaBLDM):
         latent_scale: float,
         cfg: GenerationConfig,
         device: str | torch.device = "cpu",
+        fast_adapt: FastAdaptConfig | None = None,
     ):
+        self.fast_adapt = fast_adapt or FastAdaptConfig()  # default: the reference's result
         self.engines = dict(engines)
         self.unet_control = self.engines["unet_control"]
         embeddings = encode_prompts_engine(self.engines["text_encoder"], tokenizer, [cfg.prompt, ""], device)
@@ -119,6 +123,14 @@ class EnginePipeline(AdaBLDM):
         text_ctx, control_ctx = self._contexts(hint.shape[0])
         s = self.cfg.sampler
         return EngineCFG(self.unet_control, text_ctx, control_ctx, hint, s.guidance, s.control_scale)
+
+    def _adapt_rows(self, z, x_fg, x_ok, mask) -> list[AdaptResult]:
+        """Stage 4 of all rows at once (engine/adaptation.py; exact by default)."""
+        r = adapt_batch(self.adapt_vae, z, x_fg, x_ok, mask, self.cfg.adapt, self.fast_adapt, self.latent_scale)
+        return [
+            AdaptResult(image=r.images[b : b + 1], loss_first=float(r.loss_first[b]), loss_final=float(r.loss_final[b]))
+            for b in range(z.shape[0])
+        ]
 
     def close(self) -> None:
         for engine in self.engines.values():

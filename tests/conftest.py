@@ -1,6 +1,12 @@
 """Shared fixtures: the tiny model is built once per session (it is seeded, so identical)."""
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made
+# steps 5-25x slower. Read when torch first starts OpenMP, so set before importing it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 import torch
