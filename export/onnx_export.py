@@ -11,7 +11,7 @@ import torch
 from .specs import NetworkSpec, random_inputs
 
 log = logging.getLogger("adabldm.export")
-TWO_GB = 2**31 - 1
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph itself
 
 
 def export_onnx(
@@ -25,7 +25,7 @@ def export_onnx(
     """Export ``module`` to ``path`` with the spec's names and dynamic batch axes.
 
     TorchScript exporter (opset 17) by default; ``dynamo=True`` uses torch.export (opset
-    18, needs onnxscript). Graphs over 2 GB are rewritten with one external-data file
+    18, needs onnxscript). Graphs near or over 2 GB are rewritten with one external-data file
     ``<name>.onnx.data`` beside them.
     """
     import onnx
@@ -46,7 +46,7 @@ def export_onnx(
                     opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
         model = onnx.load(str(raw), load_external_data=True)
-        _save(model, path)
+        save_graph(model, path)
     return path
 
 
@@ -67,16 +67,25 @@ def _export_dynamo(spec: NetworkSpec, module, args, raw: Path, opset: int) -> No
     program.save(str(raw))
 
 
-def _save(model, path: Path) -> None:
+def save_graph(model, path: Path) -> Path:
+    """Save an ONNX model, with one external-data file ``<path>.data`` near or past 2 GB."""
     import onnx
 
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
-    if model.ByteSize() > TWO_GB:
+    if _weight_bytes(model) > EXTERNAL_DATA_BYTES:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
+    return path
+
+
+def _weight_bytes(model) -> int:
+    """Bytes of the initializers (ModelProto.ByteSize() itself fails past 2 GB)."""
+    import numpy as np
+
+    return sum(len(t.raw_data) or int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
 
 
 def _vocab(module: torch.nn.Module) -> int:
@@ -91,7 +100,7 @@ def slim(path: str | Path) -> Path:
 
     path = Path(path)
     model = onnxslim.slim(onnx.load(str(path), load_external_data=True))
-    _save(model, path)
+    save_graph(model, path)
     return path
 
 

@@ -17,7 +17,8 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import torch
 
-TWO_GB = 2**31 - 1
+from .onnx_export import save_graph
+
 Precision = Literal["fp16", "fp32"]
 PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
 FP32_FALLBACK = ("vae_encoder", "vae_decoder")  # the SD VAE is the FP16 overflow risk
@@ -118,27 +119,6 @@ def fp16_onnx(src: str | Path, dst: str | Path, block_nodes: Sequence[str] = ())
     dst.parent.mkdir(parents=True, exist_ok=True)
     return save_graph(model, dst)
 
-
-def save_graph(model, path: Path) -> Path:
-    """Save an ONNX model, with one external-data file ``<path>.data`` past 2 GB."""
-    import onnx
-
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    if _byte_size(model) > TWO_GB:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-    return path
-
-
-def _byte_size(model) -> float:
-    """The serialised size; ByteSize itself fails on some protobuf builds past 2 GB."""
-    try:
-        return float(model.ByteSize())
-    except Exception:  # noqa: BLE001 - protobuf raises implementation-specific errors
-        return math.inf
 
 
 def graph_float_types(path: str | Path) -> dict[str, Mapping[str, int]]:

@@ -39,3 +39,17 @@ def test_split_controlnet_bundle_matches_the_folded_module(tiny, tmp_path):
     feed = random_inputs(folded, 2, torch.Generator().manual_seed(0), vocab=514)
     expected = ref.infer(feed)["eps"].clone()
     assert agreement(engine.infer(feed)["eps"], expected).rel_l2 < 1e-4
+
+
+def test_large_graphs_get_one_external_data_file(tiny, tmp_path, monkeypatch):
+    import adabldm_export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)  # tiny VAE decoder counts as "large"
+    spec, module = network_specs(tiny, 256)["vae_decoder"], network_modules(tiny)["vae_decoder"]()
+    path = export_onnx(spec, module, tmp_path / "vae_decoder.onnx", batch=1)
+    data = tmp_path / "vae_decoder.onnx.data"
+    assert data.is_file() and data.stat().st_size > path.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_decoder.onnx", "vae_decoder.onnx.data"]
+    feed = random_inputs(spec, 1, torch.Generator().manual_seed(0))
+    expected = TorchBackend(spec, module).infer(feed)["image"].clone()
+    assert agreement(OrtBackend(spec, path).infer(feed)["image"], expected).rel_l2 < 1e-4
