@@ -10,9 +10,10 @@ printed with ratios; results go to benchmarks/results/onnxruntime_cpu.{md,json}.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import datetime
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -63,7 +64,10 @@ def ort_unet_optimized(path: Path, out: Path) -> Path | None:
         if hasattr(opts, gpu_only):
             setattr(opts, gpu_only, False)
     try:
-        model = optimize_model(str(path), model_type="unet", optimization_options=opts, opt_level=0, use_gpu=False)
+        # Its symbolic shape inference writes sym_shape_infer_temp.onnx into the cwd on failure.
+        with contextlib.chdir(out.parent):
+            model = optimize_model(str(path.resolve()), model_type="unet", optimization_options=opts, opt_level=0,
+                                   use_gpu=False)
         model.save_model_to_file(str(out), use_external_data_format=path.with_name(path.name + ".data").exists())
         return out
     except Exception as exc:  # report, do not hide: the row says it failed

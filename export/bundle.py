@@ -6,6 +6,8 @@ bundle/
   vae_decoder.safetensors, vae_config.json   the decoder that adaptation fine-tunes
   tokenizer/             the text tokenizer
   validation.json        per-network agreement with the PyTorch modules
+  calibration/           inputs captured from reference runs (capture.json, captured.npz),
+                         later the FP16 precision map and INT8 graphs (adabldm-calibrate)
 The manifest is written last: a folder without one is an unfinished export.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from adabldm_ref.models import Models
 
 from .onnx_export import copy_graph, export_onnx, slim
 from .specs import NetworkSpec, network_modules, network_specs
-from .validate import TOLERANCES, ExportValidationError, capture_feeds, compare, random_feeds, split_feeds
+from .validate import TOLERANCES, ExportValidationError, compare, random_feeds, split_feeds
 
 log = logging.getLogger("adabldm.export")
 FORMAT_VERSION = 1
@@ -49,6 +51,7 @@ class ExportConfig:
     simplify: bool = True  # onnxslim, kept only where outputs stay within tolerance
     precision: str = "fp32"
     capture_steps: int = 10  # reference steps run to capture real inputs
+    ok_images: tuple[str, ...] = ()  # the user's OK images for the capture; empty: scikit-image textures
     force: bool = False  # overwrite a non-empty --out
 
     def __post_init__(self):
@@ -141,7 +144,7 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
     modules = network_modules(models)
     vocab = models.text_encoder.config.vocab_size
     progress("capturing inputs from a reference run")
-    captured = capture_feeds(models, cfg.resolution, cfg.capture_steps)
+    captured = _capture(models, cfg)
     if cfg.split_controlnet:
         cn_ref = TorchBackend(specs["controlnet"], modules["controlnet"]())
         captured["controlnet"], captured["unet"] = split_feeds(captured["unet_control"], cn_ref)
@@ -151,6 +154,7 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         module = modules[name]()
         feeds = random_feeds(spec, cfg.batch_sizes, vocab) + captured[name]
         entry = _export_one(name, spec, module, cfg, feeds, TorchBackend(spec, module))
+        entry["validation"]["feeds"] = {"random": len(feeds) - len(captured[name]), "captured": len(captured[name])}
         networks[name] = entry
         v = entry["validation"]
         if not v["passed"]:
@@ -175,10 +179,27 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         "adaptation": _write_decoder(models, out),
         "tokenizer": _write_tokenizer(models, out),
         "tools": tool_versions(),
+        "calibration": {"capture": "calibration/capture.json"},
         "export_settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
     _write_json(out / MANIFEST, manifest)
     return manifest
+
+
+VALIDATION_FEEDS = 4  # captured single-sample feeds per network, spread over samples and timesteps
+
+
+def _capture(models: Models, cfg: ExportConfig) -> dict[str, list[dict]]:
+    """Capture real inputs into ``out/calibration``; the validation feeds come from its loader."""
+    from adabldm_calibration.capture import FOLDER, MIN_STEPS, CaptureConfig, capture, save_capture
+    from adabldm_calibration.loader import CapturedLoader
+
+    steps = max(cfg.capture_steps, MIN_STEPS)  # fewer steps would skip the pixel stage's inputs
+    cap = capture(models, CaptureConfig(resolution=cfg.resolution, steps=steps, images=cfg.ok_images))
+    save_capture(cap, cfg.out / FOLDER)
+    specs = network_specs(models, cfg.resolution)  # the captured (folded) networks
+    return {name: CapturedLoader(cap, name, specs[name], batch=1, limit=VALIDATION_FEEDS).torch_feeds()
+            for name in cap.networks}
 
 
 def _write_json(path: Path, obj) -> None:

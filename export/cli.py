@@ -29,27 +29,52 @@ def _batches(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (opset 18; needs onnxscript).")
 @click.option("--split-controlnet", is_flag=True, help="Export ControlNet and UNet as two graphs instead of one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
+@click.option("--ok-images", type=click.Path(file_okay=False, path_type=Path), help="Folder of OK images whose runs are captured for validation and calibration. [default: scikit-image textures]")
+@click.option("--capture-steps", default=10, show_default=True, help="DDIM steps of the captured reference runs.")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle in --out.")
-def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, dynamo, split_controlnet, no_simplify, force):
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines into OUT/trt (needs tensorrt and a CUDA GPU); on an existing bundle without --force, build only the engines.")
+@click.option("--trt-dynamic", is_flag=True, help="TensorRT: one engine per network for batches min..max of --batch, instead of one static engine per batch size.")
+@click.option("--trt-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="TensorRT precision (fp16: strongly typed; a VAE with non-finite fp16 outputs is rebuilt in fp32).")
+@click.option("--trt-workspace", default=4.0, show_default=True, help="TensorRT builder workspace cap in GiB.")
+def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, dynamo, split_controlnet, no_simplify,
+         ok_images, capture_steps, force, trt, trt_dynamic, trt_precision, trt_workspace):
     """Export AdaBLDM's networks to ONNX, validate them against PyTorch, write a bundle.
 
     Every graph is checked on random inputs and on inputs captured from a reference run;
     the export fails (exit 1) if one disagrees beyond the fp32 tolerance (rel. L2 1e-4).
     Then: adabldm-run --batch --bundle OUT --backend onnxruntime ...
+    With --trt (on a GPU machine): ... --backend tensorrt.
     """
+    from adabldm_engine.io import list_images
     from adabldm_ref.models import load_models
 
-    from .bundle import ExportConfig, export_bundle
+    from .bundle import MANIFEST, ExportConfig, export_bundle
+    from .trt_build import build_bundle_engines, require_tensorrt
+    from .trt_cache import TrtBuildConfig
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
         cfg = ExportConfig(out=out, resolution=resolution, batch_sizes=batch_sizes, opset=opset, dynamo=dynamo,
-                           split_controlnet=split_controlnet, simplify=not no_simplify, force=force)
-        models = load_models(model, controlnet, allow_pickle)
-        manifest = export_bundle(models, cfg, progress=lambda s: click.echo(f"[export] {s}", err=True))
-    except (ValueError, RuntimeError) as exc:  # BundleError, ModelLoadError, ExportValidationError
+                           split_controlnet=split_controlnet, simplify=not no_simplify, capture_steps=capture_steps,
+                           ok_images=tuple(map(str, list_images(ok_images, "OK image"))) if ok_images else (),
+                           force=force)
+        trt_cfg = TrtBuildConfig(precision=trt_precision, dynamic=trt_dynamic, workspace_gib=trt_workspace, force=force)
+        if trt:
+            require_tensorrt()  # before a long export, not after it
+        manifest = None
+        if not (trt and not force and (out / MANIFEST).is_file()):  # --trt on a bundle: engines only
+            models = load_models(model, controlnet, allow_pickle)
+            manifest = export_bundle(models, cfg, progress=lambda s: click.echo(f"[export] {s}", err=True))
+        engines = build_bundle_engines(out, trt_cfg, lambda s: click.echo(f"[trt] {s}", err=True)) if trt else []
+    except (ValueError, RuntimeError) as exc:  # BundleError, ModelLoadError, ExportValidationError, Trt*Error
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    for r in engines:
+        lo, _, hi = r["profile"]["batch"]
+        how = "cached" if r["cached"] else f"built in {r['build_s']:.0f} s"
+        click.echo(f"{r['network']:14s} TensorRT {r['precision']} batch {lo}-{hi} {how}  trt/{r['network']}.{r['key']}.plan")
+    if manifest is None:
+        return
     for name, entry in manifest["networks"].items():
         worst = max(v["rel_l2"] for v in entry["validation"]["worst"].values())
         click.echo(f"{name:14s} rel. L2 {worst:.1e}  {'simplified' if entry['simplified'] else 'plain'}  {entry['file']}")

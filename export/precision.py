@@ -114,11 +114,48 @@ def fp16_onnx(src: str | Path, dst: str | Path, block_nodes: Sequence[str] = ())
     try:
         onnx.save(skeleton, tmp)
         model = convert_float_to_float16(tmp, keep_io_types=True, node_block_list=list(block_nodes))
+        drop_cast_round_trips(model, set(block_nodes))
     finally:
         os.remove(tmp)
     dst.parent.mkdir(parents=True, exist_ok=True)
     return save_graph(model, dst)
 
+
+def drop_cast_round_trips(model, blocked: set[str]) -> int:
+    """Remove FP32 -> FP16 -> FP32 Cast pairs between two blocked nodes; returns how many.
+
+    The converter casts every blocked node's output to FP16 and back for the next
+    blocked node, so a value beyond 65504 would still overflow between two FP32 nodes.
+    """
+    import onnx
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    dropped = []
+    for up in graph.node:
+        down = producer.get(up.input[0]) if cast_to(up) == onnx.TensorProto.FLOAT else None
+        src = producer.get(down.input[0]) if down is not None and cast_to(down) == onnx.TensorProto.FLOAT16 else None
+        users = consumers.get(up.output[0], [])
+        if src is None or src.name not in blocked or up.output[0] in outputs or not all(u.name in blocked for u in users):
+            continue
+        for u in users:
+            u.input[:] = [down.input[0] if i == up.output[0] else i for i in u.input]
+        dropped.append(up)
+    for node in dropped:
+        graph.node.remove(node)
+    live = {i for n in graph.node for i in n.input} | outputs
+    for node in [n for n in graph.node if cast_to(n) == onnx.TensorProto.FLOAT16 and n.output[0] not in live]:
+        graph.node.remove(node)
+    return len(dropped)
 
 
 def graph_float_types(path: str | Path) -> dict[str, Mapping[str, int]]:

@@ -6,10 +6,6 @@ from typing import Mapping, Sequence
 
 import torch
 
-from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.models import Models
-from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
-
 from .specs import NetworkSpec, random_inputs
 
 TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2}  # relative L2 error per precision
@@ -47,31 +43,6 @@ def compare(engine, reference, feeds: Sequence[Mapping[str, torch.Tensor]]) -> d
 def random_feeds(spec: NetworkSpec, batch_sizes: Sequence[int], vocab: int, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [random_inputs(spec, b, g, vocab) for b in batch_sizes]
-
-
-def capture_feeds(models: Models, resolution: int, steps: int = 10, per_network: int = 4) -> dict[str, list[dict]]:
-    """The inputs each network really sees in a short reference run on a real texture.
-
-    One sample on scikit-image's brick, every stage of the blended sampler; up to
-    ``per_network`` feeds per network, spread over the run (free, latent and pixel stages).
-    """
-    from skimage import data
-
-    from adabldm_engine.runtime import EnginePipeline, RecordingBackend, torch_engines
-
-    engines = {k: RecordingBackend(v) for k, v in torch_engines(models, resolution).items()}
-    cfg = GenerationConfig(resolution=resolution, sampler=SamplerConfig(steps=steps), adapt=AdaptConfig(iters=0))
-    pipe = EnginePipeline(engines, models.tokenizer, models.vae, models.latent_scale, cfg)
-    ok = [OkImage("skimage:brick", prepare_ok_image(data.brick(), resolution))]
-    pipe.run([plan_sample(0, cfg, ok, ProceduralMasks(("blob",)))])
-    captured = {}
-    for name, engine in engines.items():
-        feeds = engine.feeds
-        if len(feeds) > per_network:
-            idx = torch.linspace(0, len(feeds) - 1, per_network).round().long().tolist()
-            feeds = [feeds[i] for i in idx]
-        captured[name] = feeds
-    return captured
 
 
 def split_feeds(unet_control_feeds: Sequence[dict], controlnet) -> tuple[list[dict], list[dict]]:

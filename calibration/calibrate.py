@@ -1,0 +1,103 @@
+"""``adabldm-calibrate``'s library call: capture, FP16 precision map, INT8, into a bundle.
+
+<bundle>/calibration/
+  capture.json, captured.npz   inputs captured from reference runs (also by adabldm-export)
+  precision.json               FP32 layers per network for FP16 builds, errors with and without
+  int8/unet_control.onnx       QDQ INT8 UNet+ControlNet (ONNX Runtime, CPU)
+  int8.json                    its settings, end-to-end parity vs FP32 and the verdict
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from adabldm_ref.models import Models
+
+from .capture import FOLDER, INDEX, Capture, CaptureConfig, capture, capture_matches, load_capture, save_capture
+from .int8 import RECORD, Int8Config, quantize_bundle
+from .loader import CapturedLoader
+from .precision_map import PrecisionConfig, find_precision_map, map_entry, write_precision_map
+from .precision_onnx import onnx_block_list, onnxruntime_fp16_errors
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    bundle: Path
+    capture: CaptureConfig | None = None  # capture again with these settings; None: the bundle's capture
+    precision: PrecisionConfig | None = None  # search the FP16 precision map; None: skip
+    networks: tuple[str, ...] = ()  # networks of the precision map; empty: all of the bundle
+    int8: Int8Config | None = None  # quantise the UNet+ControlNet to INT8 and judge it; None: skip
+
+
+def calibrate(models: Models, cfg: CalibrateConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Run the steps ``cfg`` asks for on the bundle; returns what was written and measured."""
+    from adabldm_engine.io import write_json
+    from adabldm_export.bundle import Bundle
+
+    bundle = Bundle.open(cfg.bundle)
+    bundle.check(identity=models.identity())
+    folder = bundle.root / FOLDER
+    if cfg.capture is not None:
+        progress("capturing inputs from reference runs")
+        cap = capture(models, dataclasses.replace(cfg.capture, resolution=bundle.resolution))
+        save_capture(cap, folder)
+    else:
+        cap = load_capture(folder)
+        capture_matches(cap, models, bundle.resolution)
+    report: dict = {"capture": {name: len(feeds) for name, feeds in cap.feeds.items()}}
+    if cfg.precision is not None:
+        entries = precision_map(bundle, models, cap, cfg.precision, cfg.networks, progress)
+        sha = _capture_sha(folder)
+        report["precision"] = {"file": str(write_precision_map(folder, entries, cfg.precision, sha)), "networks": entries}
+    if cfg.int8 is not None:
+        progress("quantising unet_control to INT8 and comparing end to end")
+        _, record = quantize_bundle(bundle, cap, cfg.int8)
+        record["capture_sha256"] = _capture_sha(folder)
+        write_json(folder / RECORD, record)
+        report["int8"] = record
+    return report
+
+
+def _capture_sha(folder: Path) -> str:
+    import json
+
+    return json.loads((folder / INDEX).read_text())["sha256"]
+
+
+def network_feeds(models: Models, cap: Capture, name: str, resolution: int, limit: int) -> list[dict]:
+    """Captured single-sample feeds of ``name``; the split graphs' feeds derive from unet_control's."""
+    from adabldm_engine.backends import TorchBackend
+    from adabldm_export.specs import network_modules, network_specs
+    from adabldm_export.validate import split_feeds
+
+    specs = network_specs(models, resolution)
+    source = "unet_control" if name in ("controlnet", "unet") else name
+    feeds = CapturedLoader(cap, source, specs[source], batch=1, limit=limit).torch_feeds()
+    if source == name:
+        return feeds
+    split = network_specs(models, resolution, split_controlnet=True)
+    cn, unet = split_feeds(feeds, TorchBackend(split["controlnet"], network_modules(models)["controlnet"]()))
+    return cn if name == "controlnet" else unet
+
+
+def precision_map(bundle, models: Models, cap: Capture, cfg: PrecisionConfig, networks=(),
+                  progress: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
+    """The precision-map entry of each network (search in PyTorch, nodes and ORT figures from the bundle's graphs)."""
+    import onnx
+
+    from adabldm_export.specs import network_modules
+
+    modules = network_modules(models)
+    entries = {}
+    for name in networks or list(bundle.manifest["networks"]):
+        progress(f"FP16 precision map of {name}")
+        spec, module = bundle.spec(name), modules[name]()
+        feeds = network_feeds(models, cap, name, bundle.resolution, cfg.feeds)
+        result = find_precision_map(name, spec, module, feeds, cfg)
+        graph = onnx.load(str(bundle.graph(name)), load_external_data=False)
+        nodes = onnx_block_list(graph, [n for n, _ in module.named_modules()], result.modules)
+        ort = onnxruntime_fp16_errors(bundle.graph(name), spec, feeds, nodes)
+        entries[name] = map_entry(result, nodes, ort)
+    return entries
