@@ -25,6 +25,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from adabldm_engine.io import read_versioned_json
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import Models
 from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
@@ -222,13 +223,7 @@ def load_capture(folder: str | Path) -> Capture:
     redo = "capture again: adabldm-calibrate --bundle BUNDLE (or re-export the bundle)"
     if not (folder / INDEX).is_file():
         raise CaptureError(f"no capture in {folder} ({INDEX} missing); {redo}")
-    try:
-        info = json.loads((folder / INDEX).read_text())
-    except json.JSONDecodeError as exc:
-        raise CaptureError(f"{folder / INDEX} is not valid JSON ({exc}); {redo}") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CaptureError(f"{folder / INDEX} has capture format {info.get('format_version')}, this adabldm"
-                           f" reads {FORMAT_VERSION}; {redo}")
+    info = read_versioned_json(folder / INDEX, FORMAT_VERSION, "capture", redo, CaptureError)
     path = folder / info["file"]
     if not path.is_file():
         raise CaptureError(f"capture tensors missing: {path}; {redo}")

@@ -74,7 +74,9 @@ def main(bundle, model, controlnet, allow_pickle, reuse_capture, ok_images, step
     if "int8" in report:
         p = report["int8"]["parity"]
         verdict = "offered" if report["int8"]["offered"] else "NOT offered"
-        click.echo(f"INT8 unet_control: min PSNR {_fmt(p['min_psnr_db'])} dB vs FP32 (floor {p['floor_db']} dB): {verdict}")
+        psnr = p["min_psnr_db"]
+        psnr = f"{psnr:.1f}" if isinstance(psnr, float) else psnr  # "inf": identical images
+        click.echo(f"INT8 unet_control: worst sample {psnr} dB PSNR vs FP32 (floor {p['floor_db']:.0f} dB): {verdict}")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,15 @@ def rel_l2(got: Sequence[Sequence[torch.Tensor]], ref: Sequence[Sequence[torch.T
 # Measurements
 
 
+def _run_hooked(module: nn.Module, spec: NetworkSpec, feeds, dtype: torch.dtype, handles) -> None:
+    """Run ``module`` on ``feeds`` once, then remove the hooks ``handles`` it ran with."""
+    try:
+        run(module, spec, feeds, dtype)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def activation_ranges(module: nn.Module, spec: NetworkSpec, feeds) -> dict[str, float]:
     """Largest FP32 |output| of every module that is called (name -> max abs)."""
@@ -195,11 +204,7 @@ def activation_ranges(module: nn.Module, spec: NetworkSpec, feeds) -> dict[str, 
         return hook
 
     handles = [sub.register_forward_hook(record(name)) for name, sub in module.named_modules()]
-    try:
-        run(module, spec, feeds, torch.float32)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(module, spec, feeds, torch.float32, handles)
     return amax
 
 
@@ -231,11 +236,7 @@ def nonfinite_origins(half: nn.Module, spec: NetworkSpec, feeds) -> set[str]:
     for name, sub in half.named_modules():
         handles.append(sub.register_forward_pre_hook(pre(name), with_kwargs=True))
         handles.append(sub.register_forward_hook(post(name)))
-    try:
-        run(half, spec, feeds, torch.float16)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(half, spec, feeds, torch.float16, handles)
     return {n for n in flagged if not any(o != n and inside(o, n) for o in flagged)}
 
 
@@ -278,11 +279,7 @@ def local_errors(module: nn.Module, spec: NetworkSpec, feeds) -> dict[str, float
 
     handles = [sub.register_forward_hook(measure(name, sub)) for name, sub in module.named_modules()
                if isinstance(sub, CANDIDATE_TYPES)]
-    try:
-        run(module, spec, feeds, torch.float32)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(module, spec, feeds, torch.float32, handles)
     return errors
 
 
@@ -393,13 +390,12 @@ def write_precision_map(folder: str | Path, entries: Mapping[str, dict], cfg: Pr
 
 def read_precision_map(folder: str | Path) -> dict[str, dict]:
     """{network: entry} of ``folder``/precision.json; {} when the bundle has no map."""
+    from adabldm_engine.io import read_versioned_json
+
     path = Path(folder) / MAP_FILE
     if not path.is_file():
         return {}
-    data = json.loads(path.read_text())
-    if data.get("format_version") != MAP_VERSION:
-        raise ValueError(f"{path} has precision-map format {data.get('format_version')}, this adabldm reads"
-                         f" {MAP_VERSION}; run adabldm-calibrate --precision-map again")
+    data = read_versioned_json(path, MAP_VERSION, "precision-map", "run adabldm-calibrate --precision-map again")
     return data["networks"]
 
 

@@ -103,6 +103,19 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def read_versioned_json(path: Path, version: int, what: str, redo: str, error: type[Exception] = ValueError) -> dict:
+    """A JSON record with ``format_version`` == ``version``; ``error`` names the file, what
+    is wrong, and ``redo`` (how to make it again)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {redo}") from None
+    if not isinstance(data, dict) or data.get("format_version") != version:
+        found = data.get("format_version") if isinstance(data, dict) else None
+        raise error(f"{path} has {what} format {found}, this adabldm reads {version}; {redo}")
+    return data
+
+
 def append_line(path: str | Path, line: str) -> None:
     """Append one line in a single write (O_APPEND) and sync it to disk."""
     data = (line.rstrip("\n") + "\n").encode()

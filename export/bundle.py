@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from adabldm_engine.io import read_versioned_json
 from adabldm_ref.config import SchedulerConfig
 from adabldm_ref.models import Models
 
@@ -246,15 +247,7 @@ class Bundle:
             raise BundleError(f"bundle not found: {root}")
         if not (root / MANIFEST).is_file():
             raise BundleError(f"{root} has no {MANIFEST} (unfinished or not a bundle); {redo}")
-        try:
-            manifest = json.loads((root / MANIFEST).read_text())
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc}); {redo}") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise BundleError(
-                f"{root} has bundle format {manifest.get('format_version')}, this adabldm reads"
-                f" {FORMAT_VERSION}; {redo}"
-            )
+        manifest = read_versioned_json(root / MANIFEST, FORMAT_VERSION, "bundle", redo, BundleError)
         bundle = cls(root, manifest)
         if verify:
             bundle.verify_files(redo)
