@@ -52,7 +52,9 @@ def ort_unet_optimized(path: Path, out: Path) -> Path | None:
     """onnxruntime.transformers' Stable Diffusion UNet fusions, CPU-safe subset.
 
     Its attention fusion cannot parse the attention of torch 2.13's TorchScript export
-    (num_heads is read from a reshape it does not find: TypeError), so it is off here.
+    (num_heads is read from a reshape it does not find: TypeError) and its QuickGelu fusion
+    stops on a Mul by a non-scalar constant (ValueError), so both are off here; what is
+    left (LayerNorm, SkipLayerNorm) ONNX Runtime's own CPU optimiser mostly does anyway.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
@@ -60,7 +62,7 @@ def ort_unet_optimized(path: Path, out: Path) -> Path | None:
     opts = FusionOptions("unet")
     for gpu_only in ("enable_group_norm", "enable_nhwc_conv", "enable_bias_splitgelu",
                      "enable_packed_qkv", "enable_packed_kv", "enable_bias_add", "enable_skip_group_norm",
-                     "enable_attention"):
+                     "enable_attention", "enable_gelu"):
         if hasattr(opts, gpu_only):
             setattr(opts, gpu_only, False)
     try:
