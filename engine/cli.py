@@ -71,11 +71,12 @@ def _device(value: str) -> str:
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt"]), default="torch", show_default=True, help="Runtime of the bundle's networks. torch: the reference modules, checked against the bundle; onnxruntime: the ONNX graphs (CUDA with onnxruntime-gpu); torch-cuda / torch-compile: the modules in FP16 on the GPU, eager / torch.compile'd; tensorrt: the bundle's engines (adabldm-export --trt).")
 @click.option("--batch-size", default=1, show_default=True, help="Samples per diffusion batch (CFG runs 2x this).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help="With --device cuda and --backend tensorrt, torch-cuda or torch-compile: replay each denoising step from one CUDA graph (not yet run on a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(batch_mode, out, num, object_name, defect, images, foreground, foreground_mode, masks,
          procedural, seed, steps, guidance, control_scale, adapt_iters, preservation, resolution,
          renoise, keep_thin, rotate, scale_range, prompt_suffix, model, controlnet, allow_pickle,
-         bundle, backend, batch_size, device, quiet):
+         bundle, backend, batch_size, device, cuda_graphs, quiet):
     """Synthesise defect images with pixel-exact masks (AdaBLDM) in bulk.
 
     \b
@@ -106,7 +107,7 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
         cfg = JobConfig(
             out=out, num=num, generation=gen, images=images, foreground=foreground, masks=masks,
             procedural=procedural, model=model, controlnet=controlnet, allow_pickle=allow_pickle,
-            bundle=bundle, backend=backend, batch_size=batch_size, device=_device(device),
+            bundle=bundle, backend=backend, batch_size=batch_size, device=_device(device), cuda_graphs=cuda_graphs,
         )
         report = run_job(cfg, progress=not quiet)
     except KeyboardInterrupt:  # before the job loop started (loading); nothing to keep

@@ -52,6 +52,7 @@ from .io import (
     write_png,
     write_text,
 )
+from .graphed import GraphedEnginePipeline
 from .runtime import EnginePipeline, bundle_engines
 
 log = logging.getLogger("adabldm")
@@ -77,6 +78,9 @@ class JobConfig:
     contact_rows: int = 16
     bundle: Path | None = None  # exported networks (adabldm-export); None: reference modules
     backend: str = "torch"  # with a bundle: "onnxruntime" or "torch" (the reference modules)
+    # On CUDA, replay each denoising step from one CUDA graph where the UNet+ControlNet
+    # backend allows it (tensorrt, torch-cuda, torch-compile); False: the plain loop.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -431,8 +435,10 @@ def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
             module.to(device)
     engines = bundle_engines(bundle, cfg.backend, device, models)
     vae = bundle.adapt_vae().to(device)
-    pipeline = EnginePipeline(engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device)
-    return pipeline, bundle.identity
+    args = (engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device)
+    if torch.device(device).type == "cuda" and cfg.cuda_graphs:  # static-buffer step, graphed if the backend allows
+        return GraphedEnginePipeline(*args), bundle.identity
+    return EnginePipeline(*args), bundle.identity
 
 
 def _plan_chunk(chunk, gen, images, masks, report: JobReport) -> list[SamplePlan]:

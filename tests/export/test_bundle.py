@@ -136,3 +136,31 @@ def test_export_fails_past_the_tolerance_and_keeps_the_report(tiny, tmp_path, mo
     with pytest.raises(ExportValidationError, match="disagree with PyTorch: .*rel. L2"):
         export_bundle(tiny, ExportConfig(out=tmp_path, batch_sizes=(1,), capture_steps=4, simplify=False))
     assert (tmp_path / "validation.json").exists() and not (tmp_path / MANIFEST).exists()
+
+
+def _job_pipeline(bundle_dir, tmp_path, backend: str, device: str, cuda_graphs: bool = True):
+    from adabldm_engine.job import JobConfig, make_pipeline
+
+    cfg = JobConfig(out=tmp_path / "out", num=1, generation=GenerationConfig(resolution=256), bundle=bundle_dir,
+                    backend=backend, device=device, cuda_graphs=cuda_graphs)
+    return make_pipeline(cfg)[0]
+
+
+def test_job_runs_the_plain_loop_off_cuda(bundle_dir, tmp_path):
+    from adabldm_engine.graphed import GraphedEnginePipeline
+
+    pipe = _job_pipeline(bundle_dir, tmp_path, "onnxruntime", "cpu")
+    assert isinstance(pipe, EnginePipeline) and not isinstance(pipe, GraphedEnginePipeline)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_job_replays_the_step_from_a_cuda_graph_on_cuda(bundle_dir, tmp_path, cuda_graphs):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from adabldm_engine.graphed import GraphedEnginePipeline
+
+    pipe = _job_pipeline(bundle_dir, tmp_path, "torch-cuda", "cuda", cuda_graphs)
+    assert isinstance(pipe, GraphedEnginePipeline) is cuda_graphs
+    if cuda_graphs:
+        assert pipe.graphs  # torch-cuda calls are graph safe
