@@ -38,15 +38,17 @@ class FastAdaptConfig:
     The defaults are what benchmarks/bench_adaptation.py chose (its ``choose_default``:
     the cheapest variant within 0.5 dB background PSNR and >= 35 dB defect PSNR of the
     reference, else the cheapest exact configuration); measurements in
-    benchmarks/results/adaptation_cpu.md. On the CPU no shortcut kept the reference's
-    quality, so the default computes the reference's result; every shortcut is opt-in.
+    benchmarks/results/adaptation_cpu.md (tiny decoder pre-trained as an autoencoder) and
+    adaptation_cpu_random.md (random tiny decoder). On the CPU no shortcut kept the
+    reference's quality on either, so the default computes the reference's result; every
+    shortcut is opt-in.
     """
 
     # First decoder stage that trains (a name from decoder_stage_names(), or a prefix of
     # one such as "up_blocks.3"); everything before it is frozen. "all": the whole decoder
     # (reference). Measured: training only up_blocks.3 (+ output layers) costs 1/4 of the
     # arithmetic per step (SD-size), up_blocks.2+ 1/2, but every tail-only variant stopped
-    # ~9 dB of background PSNR short of the reference on the tiny decoder.
+    # 8-9 dB of background PSNR short of the reference on the tiny decoder (pre-trained or not).
     trainable: str = ALL
     # Frozen head computed once per sample, not once per step (exact; no-op while "all"
     # trains). False recomputes it every step: only costs time, kept to measure caching.
