@@ -175,9 +175,8 @@ class AdaBLDM:
             self.models.unet, self.models.controlnet, text_ctx, control_ctx, hint, s.guidance, s.control_scale
         )
 
-    @torch.no_grad()
-    def diffuse(self, plans: Sequence[SamplePlan], callback: Callable[[int], None] | None = None):
-        """Stages 1-3 for a batch: (z*, x_ok, mask), z* (B, 4, h, w) scaled latents."""
+    def _batch_inputs(self, plans: Sequence[SamplePlan]):
+        """(noise source, z_T, blend targets, trimap hint) of a batch, noise drawn per sample."""
         dev = self.device
         noise = NoiseSource([torch.Generator().manual_seed(p.seed) for p in plans], dev)
         x_ok = torch.cat([to_tensor(p.rgb) for p in plans]).to(dev)
@@ -187,12 +186,16 @@ class AdaBLDM:
         r = self.cfg.resolution // LATENT_STRIDE
         z_t = noise.randn(4, r, r)  # drawn first: z_T is the first noise of each sample
         z_ok = self.codec.encode(x_ok, noise.randn(4, r, r))
-        targets = BlendTargets(z_ok=z_ok, m_keep=m_keep, x_ok=x_ok, mask=mask)
+        return noise, z_t, BlendTargets(z_ok=z_ok, m_keep=m_keep, x_ok=x_ok, mask=mask), hint.to(dev)
+
+    @torch.no_grad()
+    def diffuse(self, plans: Sequence[SamplePlan], callback: Callable[[int], None] | None = None):
+        """Stages 1-3 for a batch: (z*, x_ok, mask), z* (B, 4, h, w) scaled latents."""
+        noise, z_t, targets, hint = self._batch_inputs(plans)
         z = sample_blended(
-            self._denoiser(hint.to(dev)), z_t, self.scheduler, self.cfg.sampler,
-            targets, self.codec, noise, callback,
+            self._denoiser(hint), z_t, self.scheduler, self.cfg.sampler, targets, self.codec, noise, callback,
         )
-        return z, x_ok, mask
+        return z, targets.x_ok, targets.mask
 
     def run(
         self,

@@ -149,7 +149,7 @@ def bench_sd15_step(reps: int, tmp: Path) -> list[dict]:
         # 5 GB graph the optimizer was killed for memory (24 GB machine).
         rows.append({"model": "sd15-random", "what": f"{name} (onnxruntime)", "batch": 1, "torch_s": t["torch"],
                      "ort_s": t["onnxruntime"], "speedup": t["torch"] / t["onnxruntime"], "rel_l2": err.rel_l2})
-        del ort
+        ort = ref = None  # free the session and module before the next export (memory)
     return rows
 
 

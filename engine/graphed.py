@@ -13,9 +13,8 @@ from typing import Sequence
 
 import torch
 
-from adabldm_ref.config import LATENT_STRIDE
-from adabldm_ref.pipeline import SamplePlan, to_tensor
-from adabldm_ref.sampler import BlendTargets, NoiseSource
+from adabldm_ref.pipeline import SamplePlan
+from adabldm_ref.sampler import BlendTargets
 
 from .runtime import EngineCFG, EnginePipeline
 from .step import DdimTable, EpsFn, ddim_blend_step, ddim_table, sample_blended_static
@@ -121,19 +120,10 @@ class GraphedEnginePipeline(EnginePipeline):
     @torch.no_grad()
     def diffuse(self, plans: Sequence[SamplePlan], callback=None):
         """Stages 1-3 for a batch: (z*, x_ok, mask); inputs prepared as AdaBLDM.diffuse."""
-        dev = self.device
-        noise = NoiseSource([torch.Generator().manual_seed(p.seed) for p in plans], dev)
-        x_ok = torch.cat([to_tensor(p.rgb) for p in plans]).to(dev)
-        mask = torch.stack([torch.from_numpy(p.mask).float()[None] for p in plans]).to(dev)
-        m_keep = torch.stack([torch.from_numpy(p.m_keep)[None] for p in plans]).to(dev)
-        hint = torch.stack([torch.from_numpy(p.trimap).float().div(255).expand(3, -1, -1) for p in plans])
-        r = self.cfg.resolution // LATENT_STRIDE
-        z_t = noise.randn(4, r, r)  # drawn first, as the reference
-        z_ok = self.codec.encode(x_ok, noise.randn(4, r, r))
-        targets = BlendTargets(z_ok=z_ok, m_keep=m_keep, x_ok=x_ok, mask=mask)
-        runner = self._step_runner(hint.to(dev), targets)
+        noise, z_t, targets, hint = self._batch_inputs(plans)
+        runner = self._step_runner(hint, targets)
         z = sample_blended_static(runner, z_t, self.table, self.cfg.sampler, targets, self.codec, noise, callback)
-        return z, x_ok, mask
+        return z, targets.x_ok, targets.mask
 
 
 def _reload_hint(eps_fn, hint: torch.Tensor) -> None:

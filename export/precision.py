@@ -8,7 +8,6 @@ non-finite (or near-overflow) values is rebuilt in FP32, any other is refused.
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from dataclasses import dataclass
