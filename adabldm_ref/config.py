@@ -87,6 +87,13 @@ class AdaptConfig:
     weight_decay: float = 0.01
     preservation: float = 100.0  # lambda: weight of the background term
 
+    def __post_init__(self) -> None:
+        if self.iters < 0:
+            raise ValueError(f"adaptation iterations {self.iters}: expected 0 (off) or more")
+        if not self.lr > 0 or self.weight_decay < 0 or self.preservation < 0:
+            raise ValueError(f"adaptation lr {self.lr}, weight decay {self.weight_decay}, preservation"
+                             f" {self.preservation}: expected lr > 0 and the others >= 0")
+
 
 @dataclass(frozen=True)
 class GenerationConfig:

@@ -56,6 +56,21 @@ def test_bad_setting_is_an_error(run_cli, tmp_path):
     assert "error: --batch-size 0: expected at least 1" in result.output
 
 
+@pytest.mark.parametrize("option, value", [("--adapt-lr", 0), ("--adapt-iters", -1), ("--preservation", -1)])
+def test_bad_adaptation_setting_is_an_error(run_cli, tmp_path, option, value):
+    result = run_cli("--batch", "--out", tmp_path / "out", option, value)
+    assert result.exit_code == 1 and "error: adaptation" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_adaptation_learning_rate_reaches_the_run_record(run_cli, tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = run_cli("--batch", "--out", out, "--num", 1, *tiny_args, "--adapt-lr", "2e-4")
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "runs" / "defect.json").read_text())
+    assert record["settings"]["adapt"]["lr"] == 2e-4
+
+
 def test_tiny_batch_run(run_cli, tmp_path, tiny_args):
     out = tmp_path / "out"
     result = run_cli("--batch", "--out", out, "--num", 2, "--defect", "scratch", *tiny_args)
