@@ -2,9 +2,9 @@
 # One call on a lent GPU machine (its image has torch/CUDA but not diffusers, and reaches
 # no package index). Carry the wheels made here beforehand (.whl is git-ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata onnxslim polygraphy
 # then run, with .whl carried:   bash benchmarks/run_gpu.sh bench   (< 10 min; results to $OUT)
-#                           or:  bash benchmarks/run_gpu.sh tests   (the GPU test tier)
+#                           or:  bash benchmarks/run_gpu.sh tests   (tests/gpu and every test marked gpu)
 # tensorrt and onnxruntime-gpu are not on that image and too large to carry: their rows
 # and tests report "skipped" there; install them to get those figures.
 set -euo pipefail
@@ -22,6 +22,9 @@ export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 case "${1:-bench}" in
   bench) python3 benchmarks/bench_gpu.py --out "${OUT:-benchmarks/results}" "${@:2}" ;;
-  tests) python3 -m pytest tests/gpu -q -p no:cacheprovider -rs "${@:2}" ;;
+  tests) rc=0  # both tiers run; the worse exit code is the script's
+         python3 -m pytest tests/gpu -q -p no:cacheprovider -rs "${@:2}" || rc=$?
+         python3 -m pytest tests/export tests/calibration -m gpu -q -p no:cacheprovider -rs "${@:2}" || rc=$?
+         exit "$rc" ;;
   *) echo "usage: $0 bench|tests [args]" >&2; exit 2 ;;
 esac

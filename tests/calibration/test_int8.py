@@ -101,6 +101,7 @@ def test_precision_map_nodes_select_the_layers_tensorrt_makes_of_them():
     assert not layer_matches("/decoder/up_blocks.3/resnets.0/conv2/Conv", nodes)
 
 
+@pytest.mark.gpu
 def test_tensorrt_int8_calibrator_over_the_captured_loader(calib_bundle, tmp_path):
     """Needs TensorRT (a GPU machine); skipped elsewhere, never mocked."""
     pytest.importorskip("tensorrt")
