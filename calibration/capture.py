@@ -24,6 +24,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from adabldm_engine.io import read_versioned_json
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
@@ -133,7 +134,8 @@ def capture(models: Models, cfg: CaptureConfig) -> Capture:
     pipe = EnginePipeline(engines, models.tokenizer, models.vae, models.latent_scale, gen)
     masks = ProceduralMasks(tuple(cfg.mask_kinds))
     plans = [plan_sample(i, gen, oks, masks) for i in range(len(oks) * cfg.samples_per_image)]
-    for k in range(0, len(plans), cfg.batch):
+    starts = range(0, len(plans), cfg.batch)
+    for k in tqdm(starts, desc="capture", unit="batch", disable=None):  # shown on a terminal only
         pipe.run(plans[k : k + cfg.batch])
     settings = {
         "config": cfg.to_dict(),
