@@ -73,10 +73,22 @@ VARIANTS: dict[str, FastAdaptConfig] = {
     "up2+, 25 it, lr 8e-4": BASE.replace(trainable="up_blocks.2", iters=25, lr=8e-4),
     "out layers, 200 it, lr 1e-3": BASE.replace(trainable="conv_norm_out", lr=1e-3),
 }
+# bf16 autocast: on GPUs, and on CPUs with native bf16 (AVX512-BF16 / AMX; oneDNN kernels).
+BF16_VARIANTS: dict[str, FastAdaptConfig] = {
+    "all, 200 it, bf16": BASE.replace(precision="bf16"),
+    "all, 100 it, lr 2e-4, bf16": BASE.replace(iters=100, lr=2e-4, precision="bf16"),
+    "up3, 50 it, lr 4e-4, bf16": UP3.replace(precision="bf16"),
+}
 GPU_VARIANTS: dict[str, FastAdaptConfig] = {
     "exact, batched, bf16": BASE.replace(batching="vmap", precision="bf16"),
     "up3, 50 it, lr 4e-4, vmap, bf16": UP3.replace(batching="vmap", precision="bf16"),
 }
+
+
+def variants_for(device: torch.device) -> dict[str, FastAdaptConfig]:
+    if device.type == "cuda":
+        return {**VARIANTS, **BF16_VARIANTS, **GPU_VARIANTS}
+    return {**VARIANTS, **(BF16_VARIANTS if torch.ops.mkldnn._is_mkldnn_bf16_supported() else {})}
 
 
 @dataclass
@@ -416,7 +428,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     device = torch.device(args.device)
-    variants = {**VARIANTS, **(GPU_VARIANTS if device.type == "cuda" else {})}
+    variants = variants_for(device)
     adapt = AdaptConfig(iters=args.iters)
     started, load0, t0 = datetime.datetime.now().astimezone(), os.getloadavg(), time.perf_counter()
     inputs, recon = make_inputs(args.samples, device, args.pretrain_steps)
