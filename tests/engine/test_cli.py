@@ -112,3 +112,20 @@ def test_interrupt_exits_130(run_cli, tmp_path, tiny_args, monkeypatch):
     result = run_cli("--batch", "--out", tmp_path / "out", "--num", 1, *tiny_args)
     assert result.exit_code == 130
     assert "0/1 samples" in result.output
+
+
+def test_bf16_adaptation_is_a_run_of_its_own_close_to_fp32(run_cli, tmp_path, tiny_args):
+    from PIL import Image
+
+    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+    assert run_cli("--batch", "--out", fp32, "--num", 1, *tiny_args).exit_code == 0
+    result = run_cli("--batch", "--out", bf16, "--num", 1, *tiny_args, "--adapt-precision", "bf16")
+    assert result.exit_code == 0, result.output
+    assert json.loads((bf16 / "runs" / "defect.json").read_text())["backend"] == "reference+adapt-bf16"
+    a, b = (np.asarray(Image.open(d / "test" / "defect" / "0000.png"), dtype=np.float64) for d in (fp32, bf16))
+    psnr = 10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12))
+    assert 30.0 < psnr < 200.0  # bf16 changes the last bits of the adapted image, not the image
+    blended = [(d / "extra" / "defect" / "0000_blended.png").read_bytes() for d in (fp32, bf16)]
+    assert blended[0] == blended[1]  # only adaptation runs in bf16
+    mixed = run_cli("--batch", "--out", fp32, "--num", 1, *tiny_args, "--adapt-precision", "bf16")
+    assert mixed.exit_code == 1 and "holds a run with other backend" in mixed.output
