@@ -58,7 +58,7 @@ class Models:
             h.update(name.encode())
             for key, tensor in sorted(module.state_dict().items()):
                 h.update(key.encode())
-                h.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())  # any device
         return h.hexdigest()[:16]
 
 

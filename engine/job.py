@@ -433,28 +433,30 @@ def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
         log.warning("--adapt-precision bf16 on a CPU without native bfloat16: emulated, likely slower than fp32")
     if cfg.bundle is None:
         models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
-        for module in models.modules().values():
-            module.to(device)
-        if fast == FastAdaptConfig():
-            return AdaBLDM(models, gen, device), models.identity()
+        identity = models.identity()
+        _to_device(models, device)
+        if cfg.adapt_precision == "fp32":
+            return AdaBLDM(models, gen, device), identity
         # The reference modules behind the engine interface, for the runtime's adaptation path.
         engines = torch_engines(models, gen.resolution)
-        return EnginePipeline(engines, models.tokenizer, models.vae, models.latent_scale, gen, device, fast), \
-            models.identity()
+        return EnginePipeline(engines, models.tokenizer, models.vae, models.latent_scale, gen, device, fast), identity
     bundle = Bundle.open(cfg.bundle)
     bundle.check(resolution=gen.resolution)
-    wants_modules = cfg.backend == "torch" or cfg.model is not None
+    wants_modules = cfg.backend == "torch" or cfg.model is not None  # to run, or to check the bundle against
     models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle) if wants_modules else None
-    if models is not None:
-        bundle.check(identity=models.identity())
-        for module in models.modules().values():
-            module.to(device)
-    engines = bundle_engines(bundle, cfg.backend, device, models)
+    if cfg.backend == "torch":  # the other backends run the bundle's graphs or their own copies
+        _to_device(models, device)
+    engines = bundle_engines(bundle, cfg.backend, device, models)  # checks the models' identity
     vae = bundle.adapt_vae().to(device)
     args = (engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device, fast)
     if torch.device(device).type == "cuda" and cfg.cuda_graphs:  # static-buffer step, graphed if the backend allows
         return GraphedEnginePipeline(*args), bundle.identity
     return EnginePipeline(*args), bundle.identity
+
+
+def _to_device(models, device: str) -> None:
+    for module in models.modules().values():
+        module.to(device)
 
 
 def _plan_chunk(chunk, gen, images, masks, report: JobReport) -> list[SamplePlan]:

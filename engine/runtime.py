@@ -152,10 +152,11 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
 
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if models is not None:  # whatever runs the networks, given modules must be the bundle's model
+        bundle.check(identity=models.identity())
     if backend == "torch":
         if models is None:
             raise BackendError("the torch backend needs the model the bundle was exported from")
-        bundle.check(identity=models.identity())
         return torch_engines(models, bundle.resolution)
     if backend in ("torch-cuda", "torch-compile"):
         return _torch_cuda_bundle(bundle, backend, device, models)
@@ -175,8 +176,6 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
 
 def _torch_cuda_bundle(bundle, backend: str, device: str, models: Models | None) -> dict[str, Backend]:
     """The bundle's model as TorchCudaBackends (FP16, channels-last; compiled for 'torch-compile')."""
-    import torch
-
     from adabldm_ref.models import TINY, build_tiny
 
     from .backends import BackendError
@@ -186,8 +185,8 @@ def _torch_cuda_bundle(bundle, backend: str, device: str, models: Models | None)
         raise BackendError(f"--backend {backend} runs on a CUDA device, not {device!r}; on the CPU use --backend torch")
     if models is None and bundle.manifest["model"]["name"] == TINY:
         models = build_tiny()
+        bundle.check(identity=models.identity())
     if models is None:
         raise BackendError(f"the {backend} backend needs the model the bundle was exported from (--model/--controlnet)")
-    bundle.check(identity=models.identity())
     cfg = TorchCudaConfig(compile=backend == "torch-compile")
     return torch_cuda_engines(models, bundle.resolution, cfg, device)
