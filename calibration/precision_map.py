@@ -181,10 +181,10 @@ def rel_l2(got: Sequence[Sequence[torch.Tensor]], ref: Sequence[Sequence[torch.T
 # Measurements
 
 
-def _run_hooked(module: nn.Module, spec: NetworkSpec, feeds, dtype: torch.dtype, handles) -> None:
-    """Run ``module`` on ``feeds`` once, then remove the hooks ``handles`` it ran with."""
+def _run_hooked(module: nn.Module, spec: NetworkSpec, feeds, dtype: torch.dtype, handles) -> list[list[torch.Tensor]]:
+    """Run ``module`` on ``feeds`` once (its outputs, as :func:`run`), then remove the hooks ``handles``."""
     try:
-        run(module, spec, feeds, dtype)
+        return run(module, spec, feeds, dtype)
     finally:
         for h in handles:
             h.remove()
@@ -193,6 +193,12 @@ def _run_hooked(module: nn.Module, spec: NetworkSpec, feeds, dtype: torch.dtype,
 @torch.no_grad()
 def activation_ranges(module: nn.Module, spec: NetworkSpec, feeds) -> dict[str, float]:
     """Largest FP32 |output| of every module that is called (name -> max abs)."""
+    return ranges_and_outputs(module, spec, feeds)[0]
+
+
+@torch.no_grad()
+def ranges_and_outputs(module: nn.Module, spec: NetworkSpec, feeds) -> tuple[dict[str, float], list[list[torch.Tensor]]]:
+    """:func:`activation_ranges` and the FP32 outputs (as :func:`run`) of the same pass."""
     amax: dict[str, float] = {}
 
     def record(name):
@@ -203,8 +209,8 @@ def activation_ranges(module: nn.Module, spec: NetworkSpec, feeds) -> dict[str, 
         return hook
 
     handles = [sub.register_forward_hook(record(name)) for name, sub in module.named_modules()]
-    _run_hooked(module, spec, feeds, torch.float32, handles)
-    return amax
+    outputs = _run_hooked(module, spec, feeds, torch.float32, handles)
+    return amax, outputs
 
 
 def inside(name: str, ancestor: str) -> bool:
@@ -306,8 +312,7 @@ def find_precision_map(network: str, spec: NetworkSpec, module: nn.Module, feeds
                        cfg: PrecisionConfig = PrecisionConfig()) -> NetworkPrecision:
     """Which modules of ``module`` to keep in FP32 for FP16 inference on ``feeds``."""
     module = module.eval()
-    ref = run(module, spec, feeds, torch.float32)
-    amax = activation_ranges(module, spec, feeds)
+    amax, ref = ranges_and_outputs(module, spec, feeds)
     half = half_copy(module)
 
     def error(keep: Sequence[str]) -> float:

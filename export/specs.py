@@ -94,24 +94,15 @@ def network_specs(models: Models, resolution: int, split_controlnet: bool = Fals
     if not split_controlnet:
         specs["unet_control"] = NetworkSpec("unet_control", unet_inputs + control_inputs, eps)
         return specs
-    residuals = tuple(TensorSpec(f"down_{i}", ("B2", *s)) for i, s in enumerate(_residual_shapes(models, h))) + (
-        TensorSpec("mid", ("B2", *_mid_shape(models, h))),
+    down, mid = _probe_controlnet(models, h)  # the residuals' shapes, from one ControlNet call
+    residuals = tuple(TensorSpec(f"down_{i}", ("B2", *t.shape[1:])) for i, t in enumerate(down)) + (
+        TensorSpec("mid", ("B2", *mid.shape[1:])),
     )
     specs["controlnet"] = NetworkSpec(
         "controlnet", (unet_inputs[0], unet_inputs[1]) + control_inputs, residuals
     )
     specs["unet"] = NetworkSpec("unet", unet_inputs + residuals, eps)
     return specs
-
-
-def _residual_shapes(models: Models, h: int) -> list[tuple[int, int, int]]:
-    down, _ = _probe_controlnet(models, h)
-    return [tuple(t.shape[1:]) for t in down]
-
-
-def _mid_shape(models: Models, h: int) -> tuple[int, int, int]:
-    _, mid = _probe_controlnet(models, h)
-    return tuple(mid.shape[1:])
 
 
 @torch.no_grad()
