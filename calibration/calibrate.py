@@ -17,7 +17,7 @@ from adabldm_ref.models import Models
 
 from .capture import FOLDER, INDEX, Capture, CaptureConfig, capture, capture_matches, load_capture, save_capture
 from .int8 import RECORD, Int8Config, quantize_bundle
-from .loader import CapturedLoader
+from .loader import captured_feeds
 from .precision_map import PrecisionConfig, find_precision_map, map_entry, write_precision_map
 from .precision_onnx import onnx_block_list, onnxruntime_fp16_errors
 
@@ -47,14 +47,14 @@ def calibrate(models: Models, cfg: CalibrateConfig, progress: Callable[[str], No
         cap = load_capture(folder)
         capture_matches(cap, models, bundle.resolution)
     report: dict = {"capture": {name: len(feeds) for name, feeds in cap.feeds.items()}}
+    sha = _capture_sha(folder)
     if cfg.precision is not None:
         entries = precision_map(bundle, models, cap, cfg.precision, cfg.networks, progress)
-        sha = _capture_sha(folder)
         report["precision"] = {"file": str(write_precision_map(folder, entries, cfg.precision, sha)), "networks": entries}
     if cfg.int8 is not None:
         progress("quantising unet_control to INT8 and comparing end to end")
         _, record = quantize_bundle(bundle, cap, cfg.int8)
-        record["capture_sha256"] = _capture_sha(folder)
+        record["capture_sha256"] = sha
         write_json(folder / RECORD, record)
         report["int8"] = record
     return report
@@ -66,22 +66,6 @@ def _capture_sha(folder: Path) -> str:
     return json.loads((folder / INDEX).read_text())["sha256"]
 
 
-def network_feeds(models: Models, cap: Capture, name: str, resolution: int, limit: int) -> list[dict]:
-    """Captured single-sample feeds of ``name``; the split graphs' feeds derive from unet_control's."""
-    from adabldm_engine.backends import TorchBackend
-    from adabldm_export.specs import network_modules, network_specs
-    from adabldm_export.validate import split_feeds
-
-    specs = network_specs(models, resolution)
-    source = "unet_control" if name in ("controlnet", "unet") else name
-    feeds = CapturedLoader(cap, source, specs[source], batch=1, limit=limit).torch_feeds()
-    if source == name:
-        return feeds
-    split = network_specs(models, resolution, split_controlnet=True)
-    cn, unet = split_feeds(feeds, TorchBackend(split["controlnet"], network_modules(models)["controlnet"]()))
-    return cn if name == "controlnet" else unet
-
-
 def precision_map(bundle, models: Models, cap: Capture, cfg: PrecisionConfig, networks=(),
                   progress: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
     """The precision-map entry of each network (search in PyTorch, nodes and ORT figures from the bundle's graphs)."""
@@ -90,14 +74,15 @@ def precision_map(bundle, models: Models, cap: Capture, cfg: PrecisionConfig, ne
     from adabldm_export.specs import network_modules
 
     modules = network_modules(models)
+    split = "controlnet" in bundle.manifest["networks"]
+    feeds = captured_feeds(models, cap, bundle.resolution, cfg.feeds, split)  # once for all networks
     entries = {}
     for name in networks or list(bundle.manifest["networks"]):
         progress(f"FP16 precision map of {name}")
         spec, module = bundle.spec(name), modules[name]()
-        feeds = network_feeds(models, cap, name, bundle.resolution, cfg.feeds)
-        result = find_precision_map(name, spec, module, feeds, cfg)
+        result = find_precision_map(name, spec, module, feeds[name], cfg)
         graph = onnx.load(str(bundle.graph(name)), load_external_data=False)
         nodes = onnx_block_list(graph, [n for n, _ in module.named_modules()], result.modules)
-        ort = onnxruntime_fp16_errors(bundle.graph(name), spec, feeds, nodes)
+        ort = onnxruntime_fp16_errors(bundle.graph(name), spec, feeds[name], nodes)
         entries[name] = map_entry(result, nodes, ort)
     return entries

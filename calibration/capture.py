@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adabldm_engine.io import read_versioned_json
+from adabldm_engine.io import file_sha256, read_versioned_json
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import Models
 from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
@@ -210,13 +210,9 @@ def save_capture(cap: Capture, folder: str | Path) -> Path:
     }
     write_json(folder / INDEX, {
         "format_version": FORMAT_VERSION, "file": TENSORS, "bytes": (folder / TENSORS).stat().st_size,
-        "sha256": _sha256(folder / TENSORS), "networks": networks, "settings": cap.settings,
+        "sha256": file_sha256(folder / TENSORS), "networks": networks, "settings": cap.settings,
     })
     return folder / INDEX
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_capture(folder: str | Path) -> Capture:
@@ -229,7 +225,7 @@ def load_capture(folder: str | Path) -> Capture:
     path = folder / info["file"]
     if not path.is_file():
         raise CaptureError(f"capture tensors missing: {path}; {redo}")
-    if _sha256(path) != info["sha256"]:
+    if file_sha256(path) != info["sha256"]:
         raise CaptureError(f"capture tensors modified since capture: {path} (sha256 differs); {redo}")
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}

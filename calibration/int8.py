@@ -12,15 +12,17 @@ The TensorRT side (``polygraphy.backend.trt.Calibrator`` over the same loader) i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from adabldm_engine.io import file_sha256
+
 from .capture import CaptureError
 from .loader import CapturedLoader, ort_calibration_reader
+from .precision_map import json_number
 
 # Final images of the INT8 pipeline vs the FP32 pipeline, same seeds. 30 dB is where
 # differences start to be visible on textures (the FP32 ONNX pipeline is held to 40 dB
@@ -122,7 +124,7 @@ class Int8Parity:
         return self.min_psnr_db >= self.floor_db
 
     def to_dict(self) -> dict:
-        num = lambda x: x if math.isfinite(x) else str(x)  # noqa: E731 - strict JSON has no inf
+        num = json_number  # strict JSON has no inf
         return {"psnr_db": [num(x) for x in self.psnr_db], "blended_psnr_db": [num(x) for x in self.blended_psnr_db],
                 "min_psnr_db": num(self.min_psnr_db), "floor_db": self.floor_db, "passes": self.passes}
 
@@ -179,6 +181,7 @@ def quantize_bundle(bundle, capture, cfg: Int8Config = Int8Config()) -> tuple[Pa
     from .capture import FOLDER, ok_images_of
 
     require_folded(bundle)
+    fp32 = bundle.manifest["networks"]["unet_control"]
     loader = CapturedLoader(capture, "unet_control", bundle.spec("unet_control"), batch=1, limit=cfg.calibration_feeds)
     if len(loader) < 2:
         raise CaptureError(f"the capture holds {len(loader)} unet_control feed(s); INT8 calibration needs more")
@@ -188,18 +191,11 @@ def quantize_bundle(bundle, capture, cfg: Int8Config = Int8Config()) -> tuple[Pa
                     seed=capture.settings["config"]["seed"] + 1)
     record = {
         "file": f"{FOLDER}/{INT8_DIR}/{out.name}",
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
-        "fp32_sha256": hashlib.sha256(bundle.graph("unet_control").read_bytes()).hexdigest(),
+        "sha256": file_sha256(out),
+        "fp32_sha256": fp32["sha256"][fp32["file"]],  # checked against the file when the bundle opened
         "settings": dataclasses.asdict(cfg),
         "calibration_feeds": len(loader),
         "parity": result.to_dict(),
         "offered": result.passes,
     }
     return out, record
-
-
-def summary(result: Int8Parity) -> str:
-    verdict = "offered" if result.passes else "NOT offered"
-    return (f"INT8 vs FP32 final images: min PSNR {result.min_psnr_db:.1f} dB over {len(result.psnr_db)} samples"
-            f" (floor {result.floor_db:.0f} dB): {verdict}")
-

@@ -135,3 +135,21 @@ def ort_calibration_reader(loader: CapturedLoader):
             self._it = iter(loader)
 
     return _Reader()
+
+
+def captured_feeds(models, cap: Capture, resolution: int, limit: int | None, split_controlnet: bool = False
+                   ) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Single-sample captured feeds per network (``limit`` each, spread over the run), as
+    torch tensors; with ``split_controlnet`` also those of the split ControlNet and UNet
+    graphs, derived from unet_control's by running the ControlNet."""
+    from adabldm_engine.backends import TorchBackend
+    from adabldm_export.specs import network_modules, network_specs
+    from adabldm_export.validate import split_feeds
+
+    specs = network_specs(models, resolution)  # the captured (folded) networks
+    feeds = {name: CapturedLoader(cap, name, specs[name], batch=1, limit=limit).torch_feeds() for name in cap.networks}
+    if split_controlnet:
+        spec = network_specs(models, resolution, split_controlnet=True)["controlnet"]
+        controlnet = TorchBackend(spec, network_modules(models)["controlnet"]())
+        feeds["controlnet"], feeds["unet"] = split_feeds(feeds["unet_control"], controlnet)
+    return feeds

@@ -33,9 +33,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from adabldm_export.precision import FP16_MAX
 from adabldm_export.specs import NetworkSpec
 
-FP16_MAX = 65504.0
 CANDIDATE_TYPES = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)  # layers with weights
 MAP_FILE = "precision.json"
 MAP_VERSION = 1

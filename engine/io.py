@@ -6,6 +6,7 @@ half-written image or line.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -101,6 +102,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read in chunks (graphs and weights run to gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_versioned_json(path: Path, version: int, what: str, redo: str, error: type[Exception] = ValueError) -> dict:

@@ -13,7 +13,6 @@ The manifest is written last: a folder without one is an unfinished export.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import platform
@@ -23,13 +22,13 @@ from typing import Callable
 
 import torch
 
-from adabldm_engine.io import read_versioned_json
+from adabldm_engine.io import file_sha256, read_versioned_json, write_json
 from adabldm_ref.config import SchedulerConfig
 from adabldm_ref.models import Models
 
 from .onnx_export import copy_graph, export_onnx, slim
 from .specs import NetworkSpec, network_modules, network_specs
-from .validate import TOLERANCES, ExportValidationError, compare, random_feeds, split_feeds
+from .validate import TOLERANCES, ExportValidationError, compare, random_feeds
 
 log = logging.getLogger("adabldm.export")
 FORMAT_VERSION = 1
@@ -60,14 +59,6 @@ class ExportConfig:
             raise ValueError(f"batch sizes {self.batch_sizes}: expected positive integers")
         if self.precision not in TOLERANCES:
             raise ValueError(f"precision {self.precision!r}: expected one of {sorted(TOLERANCES)}")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:
@@ -107,7 +98,7 @@ def _export_one(name, spec, module, cfg: ExportConfig, feeds, reference) -> dict
         try:
             slim(path)
             report["simplified"] = compare(OrtBackend(spec, path), reference, feeds)
-            simplified = _worst(report["simplified"]) <= max(tol, _worst(report["plain"]))
+            simplified = worst_rel_l2(report["simplified"]) <= max(tol, worst_rel_l2(report["plain"]))
         except Exception as exc:  # onnxslim is best effort: keep the plain graph
             log.warning("%s: onnxslim failed (%s); keeping the plain graph", name, exc)
         if not simplified:
@@ -123,12 +114,13 @@ def _export_one(name, spec, module, cfg: ExportConfig, feeds, reference) -> dict
         "opset": max(cfg.opset, 18) if cfg.dynamo else cfg.opset,
         "simplified": simplified,
         "trt_profile": spec.profile(cfg.batch_sizes),
-        "validation": {"tolerance_rel_l2": tol, "worst": final, "report": report, "passed": _worst(final) <= tol},
+        "validation": {"tolerance_rel_l2": tol, "worst": final, "report": report, "passed": worst_rel_l2(final) <= tol},
     }
     return entry
 
 
-def _worst(report: dict[str, dict[str, float]]) -> float:
+def worst_rel_l2(report: dict[str, dict[str, float]]) -> float:
+    """The largest rel. L2 of a validation report ({feed: {output: ...}})."""
     return max(v["rel_l2"] for v in report.values())
 
 
@@ -146,9 +138,6 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
     vocab = models.text_encoder.config.vocab_size
     progress("capturing inputs from a reference run")
     captured = _capture(models, cfg)
-    if cfg.split_controlnet:
-        cn_ref = TorchBackend(specs["controlnet"], modules["controlnet"]())
-        captured["controlnet"], captured["unet"] = split_feeds(captured["unet_control"], cn_ref)
     networks, failures = {}, []
     for name, spec in specs.items():
         progress(f"exporting {name}")
@@ -159,8 +148,8 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         networks[name] = entry
         v = entry["validation"]
         if not v["passed"]:
-            failures.append(f"{name}: rel. L2 {_worst(v['worst']):.2e} > {v['tolerance_rel_l2']:.0e}")
-    _write_json(out / "validation.json", {k: v["validation"] for k, v in networks.items()})
+            failures.append(f"{name}: rel. L2 {worst_rel_l2(v['worst']):.2e} > {v['tolerance_rel_l2']:.0e}")
+    write_json(out / "validation.json", {k: v["validation"] for k, v in networks.items()})
     if failures:
         raise ExportValidationError("exported graphs disagree with PyTorch: " + "; ".join(failures)
                                     + f" (report: {out / 'validation.json'})")
@@ -183,7 +172,7 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         "calibration": {"capture": "calibration/capture.json"},
         "export_settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -193,20 +182,12 @@ VALIDATION_FEEDS = 4  # captured single-sample feeds per network, spread over sa
 def _capture(models: Models, cfg: ExportConfig) -> dict[str, list[dict]]:
     """Capture real inputs into ``out/calibration``; the validation feeds come from its loader."""
     from adabldm_calibration.capture import FOLDER, MIN_STEPS, CaptureConfig, capture, save_capture
-    from adabldm_calibration.loader import CapturedLoader
+    from adabldm_calibration.loader import captured_feeds
 
     steps = max(cfg.capture_steps, MIN_STEPS)  # fewer steps would skip the pixel stage's inputs
     cap = capture(models, CaptureConfig(resolution=cfg.resolution, steps=steps, images=cfg.ok_images))
     save_capture(cap, cfg.out / FOLDER)
-    specs = network_specs(models, cfg.resolution)  # the captured (folded) networks
-    return {name: CapturedLoader(cap, name, specs[name], batch=1, limit=VALIDATION_FEEDS).torch_feeds()
-            for name in cap.networks}
-
-
-def _write_json(path: Path, obj) -> None:
-    from adabldm_engine.io import write_json
-
-    write_json(path, obj)
+    return captured_feeds(models, cap, cfg.resolution, VALIDATION_FEEDS, cfg.split_controlnet)
 
 
 def _write_decoder(models: Models, out: Path) -> dict:

@@ -48,7 +48,7 @@ def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, d
     from adabldm_engine.io import list_images
     from adabldm_ref.models import load_models
 
-    from .bundle import MANIFEST, ExportConfig, export_bundle
+    from .bundle import MANIFEST, ExportConfig, export_bundle, worst_rel_l2
     from .trt_build import build_bundle_engines, require_tensorrt
     from .trt_cache import TrtBuildConfig
 
@@ -76,7 +76,7 @@ def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, d
     if manifest is None:
         return
     for name, entry in manifest["networks"].items():
-        worst = max(v["rel_l2"] for v in entry["validation"]["worst"].values())
+        worst = worst_rel_l2(entry["validation"]["worst"])
         click.echo(f"{name:14s} rel. L2 {worst:.1e}  {'simplified' if entry['simplified'] else 'plain'}  {entry['file']}")
     click.echo(f"bundle written: {out} (model {manifest['model']['identity']}, {resolution} px, batch {list(batch_sizes)})")
 

@@ -1,7 +1,6 @@
 """ONNX export of one network from its spec (one function serves every network)."""
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,7 +9,6 @@ import torch
 
 from .specs import NetworkSpec, random_inputs
 
-log = logging.getLogger("adabldm.export")
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph itself
 
 

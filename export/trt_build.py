@@ -162,12 +162,10 @@ def check_plan(plan: bytes, spec, profile: EngineProfile, device: str = "cuda"):
 
 def precision_map_nodes(bundle_root: Path, names) -> dict[str, list[str]]:
     """ONNX nodes per network that a calibration precision map keeps in FP32 ({} without one)."""
-    try:
-        from adabldm_calibration.precision_map import fp16_block_list
-    except ImportError:
-        return {}
-    folder = Path(bundle_root) / "calibration"
-    return {name: nodes for name in names if (nodes := fp16_block_list(folder, name))}
+    from adabldm_calibration.precision_map import read_precision_map
+
+    entries = read_precision_map(Path(bundle_root) / "calibration")
+    return {name: nodes for name in names if (nodes := list(entries.get(name, {}).get("onnx_nodes", [])))}
 
 
 def _build_one(bundle, item: BuildItem, cfg: TrtBuildConfig, env: Environment, cache: EngineCache,
