@@ -142,11 +142,21 @@ class BlendTargets:
     mask: torch.Tensor
 
 
+def renoise_index(i: int, steps: int, mode: str) -> int | None:
+    """Step whose timestep the pixel-blended x0 is re-noised to after step i (None: stay clean).
+
+    "next" (the fix) re-noises to the following step's timestep and leaves the last x0
+    clean; "current" (the authors' code) re-noises to step i's own timestep.
+    """
+    if mode == "current":
+        return i
+    return i + 1 if i + 1 < steps else None
+
+
 def renoise_timestep(timesteps: torch.Tensor, i: int, mode: str) -> torch.Tensor | None:
     """Timestep the pixel-blended x0 is re-noised to after step i (None: stay clean)."""
-    if mode == "current":
-        return timesteps[i]
-    return timesteps[i + 1] if i + 1 < len(timesteps) else None
+    j = renoise_index(i, len(timesteps), mode)
+    return None if j is None else timesteps[j]
 
 
 @torch.no_grad()

@@ -28,6 +28,8 @@ class BackendError(ValueError):
 class Backend(ABC):
     """A network behind a uniform call: dict of named tensors in, dict out."""
 
+    graph_safe = False  # True: a call can be captured in a CUDA graph (engine/graphed.py)
+
     def __init__(self, spec: NetworkSpec):
         self.spec = spec
         self.active = False

@@ -10,6 +10,7 @@ import click
 from adabldm_ref.config import AdaptConfig, GenerationConfig, MaskConfig, SamplerConfig
 from adabldm_ref.procedural import KINDS
 
+from .backends import BACKENDS
 from .job import EXIT_INTERRUPTED, EXIT_OK, JobConfig, run_job
 
 EXIT_ERROR = 1
@@ -70,7 +71,7 @@ def _device(value: str) -> str:
 @click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle of exported networks (adabldm-export). [default: reference modules]")
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt"]), default="torch", show_default=True, help="Runtime of the bundle's networks. torch: the reference modules, checked against the bundle; onnxruntime: the ONNX graphs (CUDA with onnxruntime-gpu); torch-cuda / torch-compile: the modules in FP16 on the GPU, eager / torch.compile'd; tensorrt: the bundle's engines (adabldm-export --trt).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime of the bundle's networks. torch: the reference modules, checked against the bundle; onnxruntime: the ONNX graphs (CUDA with onnxruntime-gpu); torch-cuda / torch-compile: the modules in FP16 on the GPU, eager / torch.compile'd; tensorrt: the bundle's engines (adabldm-export --trt).")
 @click.option("--batch-size", default=1, show_default=True, help="Samples per diffusion batch (CFG runs 2x this).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help="With --device cuda and --backend tensorrt, torch-cuda or torch-compile: replay each denoising step from one CUDA graph (not yet run on a GPU).")

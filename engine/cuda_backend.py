@@ -7,6 +7,7 @@ happen inside the call.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -101,13 +102,11 @@ def _safe_precision(backend: TorchCudaBackend, module, cfg: TorchCudaConfig, dev
     if decision.precision == "fp16":
         return backend
     backend.deactivate()
-    fp32 = TorchCudaConfig(dtype="fp32", channels_last=cfg.channels_last, compile=cfg.compile,
-                           compile_mode=cfg.compile_mode, fp32_fallback=cfg.fp32_fallback)
-    return TorchCudaBackend(backend.spec, module, fp32, device)
+    return TorchCudaBackend(backend.spec, module, dataclasses.replace(cfg, dtype="fp32"), device)
 
 
 def torch_cuda_engines(models: Models, resolution: int, cfg: TorchCudaConfig = TorchCudaConfig(),
-                       device: str | torch.device = "cuda", check_vae: bool = True) -> dict[str, Backend]:
+                       device: str | torch.device = "cuda") -> dict[str, Backend]:
     """Every network of ``models`` as a TorchCudaBackend (the VAE checked for FP16 safety)."""
     specs = network_specs(models, resolution)
     modules = network_modules(models)
@@ -115,5 +114,5 @@ def torch_cuda_engines(models: Models, resolution: int, cfg: TorchCudaConfig = T
     for name, spec in specs.items():
         module = modules[name]()
         backend = TorchCudaBackend(spec, module, cfg, device)
-        engines[name] = _safe_precision(backend, module, cfg, device) if check_vae else backend
+        engines[name] = _safe_precision(backend, module, cfg, device)
     return engines

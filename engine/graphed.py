@@ -84,11 +84,6 @@ class StepRunner:
         return self._out
 
 
-def graph_safe(backend) -> bool:
-    """Whether a backend's calls can be captured in a CUDA graph (declared by the class)."""
-    return bool(getattr(backend, "graph_safe", False))
-
-
 class GraphedEnginePipeline(EnginePipeline):
     """:class:`EnginePipeline` whose denoising loop runs on a :class:`StepRunner`.
 
@@ -101,7 +96,7 @@ class GraphedEnginePipeline(EnginePipeline):
     def __init__(self, *args, graphs: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if graphs is None:
-            graphs = self.device.type == "cuda" and graph_safe(self.unet_control)
+            graphs = self.device.type == "cuda" and self.unet_control.graph_safe
         self.graphs = graphs
         self.table = ddim_table(self.scheduler, self.cfg.sampler.steps, self.device)
         self._runners: dict[int, StepRunner] = {}

@@ -63,7 +63,7 @@ class SplitUNetControl(Backend):
     @property
     def graph_safe(self) -> bool:
         """Capturable in a CUDA graph when both halves are (engine/graphed.py)."""
-        return bool(getattr(self.controlnet, "graph_safe", False) and getattr(self.unet, "graph_safe", False))
+        return self.controlnet.graph_safe and self.unet.graph_safe
 
     def _infer(self, feed, batch):
         names = self.controlnet.spec.input_names

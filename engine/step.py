@@ -16,9 +16,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from adabldm_ref.config import SamplerConfig
-from adabldm_ref.sampler import BlendTargets, Codec, NoiseSource, stage_plan
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from adabldm_ref.sampler import BlendTargets, Codec, EpsFn, NoiseSource, renoise_index, stage_plan
 
 
 @dataclass(frozen=True)
@@ -85,13 +83,6 @@ class StepFn(Protocol):
     def __call__(
         self, i: int, z: torch.Tensor, noise: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-def renoise_index(i: int, steps: int, mode: str) -> int | None:
-    """Step whose timestep the pixel-blended x0 is re-noised to after step i (None: clean)."""
-    if mode == "current":
-        return i
-    return i + 1 if i + 1 < steps else None
 
 
 @torch.no_grad()

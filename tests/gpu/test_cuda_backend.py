@@ -46,7 +46,7 @@ def test_reduced_precision_parity_on_cpu(tiny, dtype, tol):
 
 
 def test_backend_works_on_a_private_copy_in_channels_last(tiny):
-    engines = torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), device="cpu", check_vae=False)
+    engines = torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), device="cpu")
     backend = engines["unet_control"].activate()
     conv = backend.module.unet.unet.conv_in
     assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
