@@ -353,15 +353,19 @@ def adapt_batch(
         if step == 0:
             out.loss_first[act.index] = loss.detach()
         stop = _stopped(history, fast)
-        out.record(act.index[stop], x[stop], loss[stop], step)  # that step's image
-        if not stop.all():
-            loss[~stop].sum().backward()  # samples are independent: sum = per-sample grads
+        n_stop = int(stop.sum()) if fast.early_stop_tol > 0 else 0  # the step's one host sync, if any
+        going = loss if n_stop == 0 else loss[~stop]
+        if n_stop:
+            out.record(act.index[stop], x[stop], loss[stop], step)  # that step's image
+        if n_stop < len(loss):
+            going.sum().backward()  # samples are independent: sum = per-sample grads
             adamw_step(act.params, act.state, step + 1, lr, adapt_cfg.weight_decay)
             if callback is not None:
-                callback(step, loss.detach()[~stop])
-        if stop.any():  # drop finished samples from the batch
+                callback(step, going.detach())
+        if n_stop:  # drop finished samples from the batch
             history = [past[~stop] for past in history]
             act = act.keep(~stop)
+        history = history[-(fast.patience + 1):]  # all that _stopped reads
         if act.index.numel() == 0:
             break
     if act.index.numel():
