@@ -400,14 +400,10 @@ def table(rows: list[Row]) -> str:
 
 
 def machine(device: torch.device) -> dict:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    from bench_onnxruntime import cpu_name
+
     info = dict(
-        cpu=cpu, cores=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
+        cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
         torch=torch.__version__, diffusers=diffusers.__version__, device=str(device),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
     )
@@ -439,7 +435,7 @@ def main() -> None:
     record = dict(
         date=started.isoformat(timespec="seconds"), machine=machine(device), samples=args.samples,
         masks=[pl.mask_source for pl in inputs[-1]], sd_steps_timed=args.sd_steps,
-        tiny_steps_timed=args.tiny_steps, pretrain_steps=args.pretrain_steps, recon_psnr_db=recon,
+        tiny_steps_timed=args.tiny_steps, pretrain_steps=args.pretrain_steps, recon_psnr_db=recon, iters=args.iters,
         load_average_start=load0, load_average_end=os.getloadavg(),
         wall_s=time.perf_counter() - t0, goal=GOAL, rows=[dataclasses.asdict(r) for r in rows],
         chosen=chosen.name, chosen_config=dataclasses.asdict(as_config(chosen)), why=why,
@@ -476,7 +472,7 @@ def write(stem: Path, record: dict, rows: list[Row]) -> None:
         f" {record['load_average_end'][0]:.2f} (the machine is shared; seconds are noisy);"
         f" run took {record['wall_s']:.0f} s.",
         f"{record['samples']} samples of the tiny pipeline ({', '.join(record['masks'])}); the reference"
-        " adapts 200 full-decoder AdamW steps per sample, one sample at a time.",
+        f" adapts {record['iters']} full-decoder AdamW steps per sample, one sample at a time.",
         (f"Tiny decoder pre-trained {record['pretrain_steps']} steps as an autoencoder on the scikit-image"
          " textures (reconstruction PSNR brick, gravel, grass: "
          + ", ".join(f"{x:.1f}" for x in record["recon_psnr_db"]) + " dB), so that adaptation corrects a"

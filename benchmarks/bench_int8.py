@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench_onnxruntime import interleaved, machine  # same timing method and machine record
+from bench_onnxruntime import header_lines, interleaved, machine, write_report  # one timer and record format
 
 from adabldm_calibration.capture import FOLDER, load_capture, ok_images_of
 from adabldm_calibration.int8 import INT8_PSNR_FLOOR_DB, Int8Config, int8_engines, parity, parity_plans, quantize
@@ -139,10 +139,7 @@ def write(rows: list[dict], info: dict, meta: dict) -> None:
     fmt = lambda x: f"{x:.1f}" if isinstance(x, float) else str(x)  # noqa: E731
     lines = [
         "# INT8 (ONNX Runtime QDQ) vs FP32 UNet+ControlNet (CPU)", "",
-        f"- date: {meta['date']}", f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores"
-        f" (torch threads {meta['machine']['torch_threads']})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        f"- command: `{meta['command']}`",
+        *header_lines(meta),
         f"- quantisation: {info['settings']['method']} calibration on {info['calibration_feeds']} captured feeds"
         f" (batch 1), per-channel int8 weights, uint8 activations, Conv + weight MatMul/Gemm;"
         f" took {info['quantize_s']:.0f} s", "",
@@ -162,8 +159,7 @@ def write(rows: list[dict], info: dict, meta: dict) -> None:
     lines += [f"| {i} | {fmt(a)} | {fmt(b)} |" for i, (a, b) in enumerate(zip(p["psnr_db"], p["blended_psnr_db"]))]
     lines += ["", f"Quality floor: {p['floor_db']:.0f} dB on every sample (adabldm_calibration.int8.INT8_PSNR_FLOOR_DB)."
               f" Worst sample {fmt(p['min_psnr_db'])} dB: INT8 {verdict}."]
-    (RESULTS / "int8_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "int8_cpu.md", lines)
 
 
 def main() -> None:

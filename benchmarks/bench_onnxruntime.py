@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,16 +35,11 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def interleaved(fns: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each callable, run round-robin so load drifts hit all alike."""
-    for fn in fns.values():
-        fn()  # warm-up (first ORT run allocates, first torch run picks kernels)
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each callable on the CPU, round-robin after one warm-up call each
+    (the first ORT run allocates, the first torch run picks kernels): bench_gpu's timer."""
+    from bench_gpu import interleaved as timed_round_robin
+
+    return timed_round_robin(fns, torch.device("cpu"), reps, warmup=1)
 
 
 def ort_unet_optimized(path: Path, out: Path) -> Path | None:
@@ -153,19 +147,33 @@ def bench_sd15_step(reps: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    cpu = "unknown"
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), or "unknown"."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import os
+    return "unknown"
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+
+def machine() -> dict:
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "platform": platform.platform()}
+
+
+def header_lines(meta: dict) -> list[str]:
+    """Date, machine, versions and command of a results file (``meta`` as main() makes it)."""
+    m = meta["machine"]
+    return [f"- date: {meta['date']}", f"- machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+            f"- command: `{meta['command']}`"]
+
+
+def write_report(path: Path, lines: list[str]) -> None:
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def write(rows: list[dict], meta: dict) -> None:
@@ -173,10 +181,7 @@ def write(rows: list[dict], meta: dict) -> None:
     (RESULTS / "onnxruntime_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# PyTorch eager vs ONNX Runtime (CPU)", "",
-        f"- date: {meta['date']}", f"- machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores"
-        f" (torch threads {meta['machine']['torch_threads']})",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-        f"- command: `{meta['command']}`",
+        *header_lines(meta),
         f"- load average at start: {meta['load_average_at_start']:.1f}, at end: {os.getloadavg()[0]:.1f}"
         " (the machine is shared; variants are interleaved so drift hits all alike)", "",
         "| model | what | batch | torch s | onnxruntime s | speed-up | rel. L2 |",
@@ -186,8 +191,7 @@ def write(rows: list[dict], meta: dict) -> None:
         err = f"{r['rel_l2']:.1e}" if "rel_l2" in r else ""
         lines.append(f"| {r['model']} | {r['what']} | {r['batch']} | {r['torch_s']:.4f} | {r['ort_s']:.4f}"
                      f" | {r['speedup']:.2f}x | {err} |")
-    (RESULTS / "onnxruntime_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULTS / "onnxruntime_cpu.md", lines)
 
 
 def main() -> None:
