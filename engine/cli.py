@@ -16,6 +16,10 @@ from .job import EXIT_INTERRUPTED, EXIT_OK, JobConfig, run_job
 EXIT_ERROR = 1
 
 
+# Option defaults are the configuration's, so the command line and the Python API agree.
+_GEN, _SAMPLER, _ADAPT, _MASKS = GenerationConfig(), SamplerConfig(), AdaptConfig(), MaskConfig()
+
+
 def _scale_range(ctx, param, value: str) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in value.split(","))
@@ -53,18 +57,18 @@ def _device(value: str) -> str:
 @click.option("--foreground-mode", type=click.Choice(["full", "otsu"]), default="full", show_default=True, help="Without --foreground: whole image (textures) or Otsu + 5x5 close (objects).")
 @click.option("--masks", type=click.Path(path_type=Path), help="Folder of real defect masks (e.g. MVTec ground_truth/<defect>). [default: procedural]")
 @click.option("--procedural", default=",".join(KINDS), show_default=True, callback=_kinds, help="Procedural mask kinds when no --masks.")
-@click.option("--seed", default=0, show_default=True, help="Base seed; sample i uses a seed derived from (seed, i).")
-@click.option("--steps", default=50, show_default=True, help="DDIM steps (stage windows scale with it).")
-@click.option("--guidance", default=9.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--control-scale", default=1.0, show_default=True, help="ControlNet conditioning scale.")
-@click.option("--adapt-iters", default=200, show_default=True, help="Online decoder adaptation iterations (0: off).")
-@click.option("--adapt-lr", default=1e-4, show_default=True, help="Adaptation AdamW learning rate. Fewer --adapt-iters with a larger rate trade quality for time (measured on the CPU: 100 at 2e-4 costs half and loses ~1 dB of background PSNR; benchmarks/results/adaptation_cpu.md).")
+@click.option("--seed", default=_GEN.seed, show_default=True, help="Base seed; sample i uses a seed derived from (seed, i).")
+@click.option("--steps", default=_SAMPLER.steps, show_default=True, help="DDIM steps (stage windows scale with it).")
+@click.option("--guidance", default=_SAMPLER.guidance, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--control-scale", default=_SAMPLER.control_scale, show_default=True, help="ControlNet conditioning scale.")
+@click.option("--adapt-iters", default=_ADAPT.iters, show_default=True, help="Online decoder adaptation iterations (0: off).")
+@click.option("--adapt-lr", default=_ADAPT.lr, show_default=True, help="Adaptation AdamW learning rate. Fewer --adapt-iters with a larger rate trade quality for time (measured on the CPU: 100 at 2e-4 costs half and loses ~1 dB of background PSNR; benchmarks/results/adaptation_cpu.md).")
 @click.option("--adapt-precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Adaptation arithmetic. bf16: bfloat16 autocast, fp32 weights and loss; measured on a CPU with native bf16: 2.1x faster at SD-1.5 size, background PSNR -0.05 dB (slower on the tiny model and on CPUs without native bf16).")
-@click.option("--preservation", default=100.0, show_default=True, help="Adaptation background weight (lambda).")
-@click.option("--resolution", default=256, show_default=True, help="Working resolution, a multiple of 64.")
-@click.option("--renoise", type=click.Choice(["next", "current"]), default="next", show_default=True, help="Pixel stage: re-noise to the next timestep (fixed) or the current one (authors' code).")
+@click.option("--preservation", default=_ADAPT.preservation, show_default=True, help="Adaptation background weight (lambda).")
+@click.option("--resolution", default=_GEN.resolution, show_default=True, help="Working resolution, a multiple of 64.")
+@click.option("--renoise", type=click.Choice(["next", "current"]), default=_SAMPLER.renoise, show_default=True, help="Pixel stage: re-noise to the next timestep (fixed) or the current one (authors' code).")
 @click.option("--keep-thin", is_flag=True, help="Keep defects thinner than 8 px in the latent mask (any-pixel cells instead of nearest).")
-@click.option("--rotate", default=0.0, show_default=True, help="Random defect rotation up to this many degrees (paper: 360).")
+@click.option("--rotate", default=_MASKS.rotate, show_default=True, help="Random defect rotation up to this many degrees (paper: 360).")
 @click.option("--scale-range", default="1.0,1.0", show_default=True, callback=_scale_range, help="Random defect scale range LOW,HIGH (paper: 0.85,1.15).")
 @click.option("--prompt-suffix", default="", help="Appended to the prompt (authors: ', black background.').")
 @click.option("--model", help="Local diffusers SD-1.5 directory. [default: built-in tiny model]")
