@@ -159,6 +159,14 @@ def renoise_timestep(timesteps: torch.Tensor, i: int, mode: str) -> torch.Tensor
     return None if j is None else timesteps[j]
 
 
+def pixel_blend(codec: Codec, pred_x0: torch.Tensor, targets: BlendTargets, noise: NoiseSource) -> torch.Tensor:
+    """The pixel stage's x0: decode, keep the OK image outside the defect mask, re-encode
+    (the encoder's noise drawn here, in the reference's order)."""
+    x0 = codec.decode(pred_x0)
+    x_b = x0 * targets.mask + targets.x_ok * (1 - targets.mask)  # pixel blend
+    return codec.encode(x_b, noise.randn(*pred_x0.shape[1:]))
+
+
 @torch.no_grad()
 def sample_blended(
     eps_fn: EpsFn,
@@ -186,9 +194,7 @@ def sample_blended(
         step = scheduler.step(eps_fn(z, t), t, z, eta=cfg.eta)
         z = step.prev_sample
         if blend and plan.pixel_edit(i):
-            x0 = codec.decode(step.pred_original_sample)
-            x_b = x0 * targets.mask + targets.x_ok * (1 - targets.mask)  # pixel blend
-            z0_b = codec.encode(x_b, noise.randn(*latent_shape))
+            z0_b = pixel_blend(codec, step.pred_original_sample, targets, noise)
             t_re = renoise_timestep(timesteps, i, cfg.renoise)
             z = z0_b if t_re is None else scheduler.add_noise(z0_b, noise.randn(*latent_shape), t_re)
         if callback is not None:

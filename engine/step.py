@@ -16,7 +16,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from adabldm_ref.config import SamplerConfig
-from adabldm_ref.sampler import BlendTargets, Codec, EpsFn, NoiseSource, renoise_index, stage_plan
+from adabldm_ref.sampler import BlendTargets, Codec, EpsFn, NoiseSource, pixel_blend, renoise_index, stage_plan
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,7 @@ def sample_blended_static(
         latent_noise = noise.randn(*shape) if blend and plan.latent_edit(i) else None
         z, pred_x0 = step(i, z, latent_noise)
         if blend and plan.pixel_edit(i):
-            x0 = codec.decode(pred_x0)
-            x_b = x0 * targets.mask + targets.x_ok * (1 - targets.mask)  # pixel blend
-            z0_b = codec.encode(x_b, noise.randn(*shape))
+            z0_b = pixel_blend(codec, pred_x0, targets, noise)
             j = renoise_index(i, cfg.steps, cfg.renoise)
             z = z0_b if j is None else table.add_noise(z0_b, noise.randn(*shape), j)
         if callback is not None:
