@@ -27,16 +27,6 @@ def spread(n: int, limit: int | None) -> list[int]:
     return torch.linspace(0, n - 1, limit).round().long().tolist()
 
 
-def sample_batch(feed: dict[str, torch.Tensor], spec: NetworkSpec) -> int:
-    """The sample batch B of a feed (a "B2" axis holds 2B rows)."""
-    for t in spec.inputs:
-        if "B" in t.shape:
-            return feed[t.name].shape[t.shape.index("B")]
-        if "B2" in t.shape:
-            return feed[t.name].shape[t.shape.index("B2")] // 2
-    return 1
-
-
 def _rows(x: torch.Tensor, shape: tuple, i: int, n: int) -> torch.Tensor:
     """Sample row ``i`` of a batch of ``n``: one row on a "B" axis, rows i and n+i on "B2"."""
     if "B" in shape:
@@ -56,7 +46,8 @@ def rebatch(feeds: Sequence[dict[str, torch.Tensor]], spec: NetworkSpec, batch: 
     fixed = [t.name for t in spec.inputs if t not in batched]
     groups: dict[tuple, list[dict[str, torch.Tensor]]] = {}
     for feed in feeds:
-        n = sample_batch(feed, spec)
+        n = spec.sample_batch(feed)
+        n = 1 if n is None else n  # no batched input: one sample
         key = tuple(feed[k].numpy().tobytes() for k in fixed)
         rows = groups.setdefault(key, [])
         rows.extend({t.name: _rows(feed[t.name], t.shape, i, n) for t in batched} | {k: feed[k] for k in fixed}

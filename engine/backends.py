@@ -56,15 +56,11 @@ class Backend(ABC):
         extra = [n for n in feed if n not in self.spec.input_names]
         if missing or extra:
             raise BackendError(f"{self.spec.name}: missing inputs {missing}, unexpected {extra}")
-        batch = None
+        batch = self.spec.sample_batch(feed)
         for t in self.spec.inputs:
             x = feed[t.name]
             if x.dtype != DTYPES[t.dtype]:
                 raise BackendError(f"{self.spec.name}.{t.name}: dtype {x.dtype}, expected {t.dtype}")
-            if "B" in t.shape and batch is None:
-                batch = x.shape[t.shape.index("B")]
-            elif "B2" in t.shape and batch is None:
-                batch = x.shape[t.shape.index("B2")] // 2
             expected = t.concrete(batch or 1)
             if tuple(x.shape) != expected:
                 raise BackendError(

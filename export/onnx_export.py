@@ -52,12 +52,11 @@ def _export_dynamo(spec: NetworkSpec, module, args, raw: Path, opset: int) -> No
     batch = torch.export.Dim("batch", min=1, max=64)
     shapes = []
     for t in spec.inputs:
-        dims = {}
-        if "B" in t.shape:
-            dims[t.shape.index("B")] = batch
-        elif "B2" in t.shape:
-            dims[t.shape.index("B2")] = 2 * batch
-        shapes.append(dims or None)
+        if t.batch_axis is None:
+            shapes.append(None)
+        else:
+            axis, multiple = t.batch_axis
+            shapes.append({axis: batch if multiple == 1 else multiple * batch})
     program = torch.onnx.export(
         module, args, input_names=spec.input_names, output_names=spec.output_names,
         dynamic_shapes=tuple(shapes), opset_version=opset, dynamo=True,

@@ -7,7 +7,7 @@ and "B2" (= 2B, the classifier-free-guidance batch). Spatial sizes are static pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -29,6 +29,11 @@ class TensorSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
+    @property
+    def batch_axis(self) -> tuple[int, int] | None:
+        """(axis, multiple of the sample batch) of the batch dimension; None if unbatched."""
+        return next(((i, BATCH_SYMBOLS[d]) for i, d in enumerate(self.shape) if d in BATCH_SYMBOLS), None)
+
 
 @dataclass(frozen=True)
 class NetworkSpec:
@@ -45,6 +50,14 @@ class NetworkSpec:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    def sample_batch(self, feed: Mapping[str, torch.Tensor]) -> int | None:
+        """The sample batch B of ``feed``, read from its first batched input (None: none is)."""
+        for t in self.inputs:
+            if t.batch_axis is not None:
+                axis, multiple = t.batch_axis
+                return feed[t.name].shape[axis] // multiple
+        return None
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {
