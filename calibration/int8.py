@@ -12,13 +12,13 @@ The TensorRT side (``polygraphy.backend.trt.Calibrator`` over the same loader) i
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from adabldm_engine.io import file_sha256
+from adabldm_ref.quality import masked_psnr
 
 from .capture import CaptureError
 from .loader import CapturedLoader, ort_calibration_reader
@@ -102,8 +102,7 @@ def quantize(fp32_path: str | Path, out_path: str | Path, loader: CapturedLoader
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB) of two uint8 images over all pixels (inf if identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+    return masked_psnr(a, b, np.ones(a.shape[:2], dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -156,9 +155,10 @@ def parity(bundle, int8_path: str | Path, ok_images, cfg: Int8Config = Int8Confi
     from adabldm_engine.runtime import EnginePipeline, bundle_engines
 
     gen, plans = parity_plans(ok_images, cfg, seed)
+    tokenizer, vae = bundle.tokenizer(), bundle.adapt_vae()  # shared: adaptation trains per-sample copies
     samples = {}
     for name, engines in (("fp32", bundle_engines(bundle, "onnxruntime")), ("int8", int8_engines(bundle, int8_path))):
-        pipe = EnginePipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], gen)
+        pipe = EnginePipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen)
         samples[name] = pipe.run(plans)
         pipe.close()
     pairs = list(zip(samples["fp32"], samples["int8"]))
