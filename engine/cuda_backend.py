@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from adabldm_export.precision import FP32_FALLBACK, choose_precision, finite_check
-from adabldm_export.specs import NetworkSpec, network_modules, network_specs, random_inputs
+from adabldm_export.precision import FP32_FALLBACK, choose_precision, probe_finite
+from adabldm_export.specs import NetworkSpec, network_modules, network_specs
 from adabldm_ref.models import Models
 
 from .backends import Backend, BackendError
@@ -97,8 +97,7 @@ def _safe_precision(backend: TorchCudaBackend, module, cfg: TorchCudaConfig, dev
     name = backend.spec.name
     if cfg.dtype != "fp16" or name not in cfg.fp32_fallback:
         return backend
-    feed = {k: v.to(device) for k, v in random_inputs(backend.spec, 1, torch.Generator().manual_seed(0)).items()}
-    decision = choose_precision(name, "fp16", finite_check(backend.infer(feed).values()), cfg.fp32_fallback)
+    decision = choose_precision(name, "fp16", probe_finite(backend, 1, device), cfg.fp32_fallback)
     if decision.precision == "fp16":
         return backend
     backend.deactivate()

@@ -59,6 +59,14 @@ def finite_check(outputs: Iterable[torch.Tensor]) -> FiniteCheck:
     return FiniteCheck(values, nonfinite, max_abs)
 
 
+def probe_finite(backend, batch: int, device, vocab: int = 49408) -> FiniteCheck:
+    """Run ``backend`` once on seeded inputs (seed 0) of ``batch`` samples; its FiniteCheck."""
+    from .specs import random_inputs
+
+    feed = random_inputs(backend.spec, batch, torch.Generator().manual_seed(0), vocab=vocab)
+    return finite_check(backend.infer({k: v.to(device) for k, v in feed.items()}).values())
+
+
 @dataclass(frozen=True)
 class PrecisionDecision:
     precision: str  # what the engine is built / run in

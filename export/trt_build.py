@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .precision import PrecisionDecision, choose_precision, finite_check, fp16_onnx
+from .precision import PrecisionDecision, choose_precision, fp16_onnx, probe_finite
 from .trt_cache import (
     BuildItem,
     EngineCache,
@@ -142,20 +142,14 @@ CHECK_VOCAB = 256  # token ids every tokenizer here has (the tiny one has 514, C
 
 def check_plan(plan: bytes, spec, profile: EngineProfile, device: str = "cuda"):
     """Run a plan once on seeded inputs at the profile's opt batch; its FiniteCheck."""
-    import torch
-
     from adabldm_engine.trt_backend import EngineFile, TrtBackend
-
-    from .specs import random_inputs
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "check.plan"
         path.write_bytes(plan)
         backend = TrtBackend(spec, [EngineFile(path, profile)], device)
         try:
-            feed = random_inputs(spec, profile.opt, torch.Generator().manual_seed(0), vocab=CHECK_VOCAB)
-            feed = {k: v.to(device) for k, v in feed.items()}
-            return finite_check(backend.infer(feed).values())
+            return probe_finite(backend, profile.opt, device, vocab=CHECK_VOCAB)
         finally:
             backend.deactivate()
 
