@@ -66,18 +66,18 @@ def make_scheduler(cfg: SchedulerConfig = SchedulerConfig()) -> DDIMScheduler:
     return DDIMScheduler(**vars(cfg))
 
 
+def prompt_ids(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Token ids (len(prompts), 77), padded to the max length and truncated as SD does."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 @torch.no_grad()
 def encode_prompts(models: Models, prompts: list[str]) -> torch.Tensor:
-    """CLIP text embeddings, (len(prompts), 77, d) float32, padded to max length as SD does."""
-    tok = models.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=models.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
+    """CLIP text embeddings, (len(prompts), 77, d) float32."""
     device = models.text_encoder.device
-    return models.text_encoder(tok.input_ids.to(device))[0]
+    return models.text_encoder(prompt_ids(models.tokenizer, prompts).to(device))[0]
 
 
 # ---------------------------------------------------------------------------------------

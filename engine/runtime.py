@@ -14,7 +14,7 @@ import torch
 from adabldm_export.specs import network_modules, network_specs
 from adabldm_ref.adaptation import AdaptResult
 from adabldm_ref.config import GenerationConfig
-from adabldm_ref.models import Models
+from adabldm_ref.models import Models, prompt_ids
 from adabldm_ref.pipeline import AdaBLDM
 
 from .adaptation import FastAdaptConfig, adapt_batch
@@ -93,9 +93,7 @@ def torch_engines(models: Models, resolution: int) -> dict[str, Backend]:
 
 @torch.no_grad()
 def encode_prompts_engine(text_encoder: Backend, tokenizer, prompts: list[str], device) -> torch.Tensor:
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+    ids = prompt_ids(tokenizer, prompts)
     return text_encoder.infer({"input_ids": ids.to(device)})["text_embeddings"].clone()
 
 
