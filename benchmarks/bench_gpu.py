@@ -377,20 +377,29 @@ class Context:
     peak: float
     reference: dict  # TorchBackend per network (fp32 modules on the device)
     oks: list = field(default_factory=list)
+    parity_refs: dict = field(default_factory=dict)  # network -> (seeded feed, strict-fp32 output), made once
+
+
+def parity_reference(ctx: Context, name: str) -> tuple[dict, torch.Tensor]:
+    """The seeded batch-1 feed of ``name`` and the strict-fp32 reference output on it (cached)."""
+    from adabldm_export.specs import random_inputs
+
+    if name not in ctx.parity_refs:
+        spec = ctx.reference[name].spec
+        feed = {k: x.to(ctx.device) for k, x in random_inputs(spec, 1, torch.Generator().manual_seed(7)).items()}
+        with strict_fp32():
+            ctx.parity_refs[name] = feed, ctx.reference[name].infer(feed)[spec.output_names[0]].clone()
+    return ctx.parity_refs[name]
 
 
 def parity_rows(ctx: Context, v: Variant) -> dict[str, float]:
     """rel. L2 per network of the variant against strict fp32, batch 1, seeded inputs."""
-    from adabldm_export.specs import random_inputs
     from adabldm_export.validate import agreement
 
     errors = {}
     for name in EXPORTED:
-        spec = ctx.reference[name].spec
-        feed = {k: x.to(ctx.device) for k, x in random_inputs(spec, 1, torch.Generator().manual_seed(7)).items()}
-        with strict_fp32():
-            want = ctx.reference[name].infer(feed)[spec.output_names[0]].clone()
-        got = v.engines[name].infer(feed)[spec.output_names[0]]
+        feed, want = parity_reference(ctx, name)
+        got = v.engines[name].infer(feed)[ctx.reference[name].spec.output_names[0]]
         errors[name] = agreement(got.float(), want).rel_l2
     return errors
 
@@ -456,14 +465,18 @@ def sample_plans(ctx: Context, n: int, start: int = 0):
 
 
 def pipeline(ctx: Context, v: Variant, gen):
-    """The reference AdaBLDM (v.engines None) or the graphed engine pipeline of v."""
+    """The reference AdaBLDM (v.engines None) or the graphed engine pipeline of v, whose
+    stage 4 is engine/adaptation.py's batched adaptation (bf16 on CUDA)."""
+    from adabldm_engine.adaptation import FastAdaptConfig
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_ref.pipeline import AdaBLDM
 
     m = ctx.models
     if v.engines is None:
         return AdaBLDM(m, gen, ctx.device)
-    return GraphedEnginePipeline(v.engines, m.tokenizer, m.vae, m.latent_scale, gen, device=ctx.device, graphs=v.graphs)
+    fast = FastAdaptConfig(precision="bf16" if ctx.device.type == "cuda" else "fp32")
+    return GraphedEnginePipeline(v.engines, m.tokenizer, m.vae, m.latent_scale, gen, device=ctx.device, graphs=v.graphs,
+                                 fast_adapt=fast)
 
 
 def sample_rows(ctx: Context, variants: Sequence[Variant]) -> list[dict]:
@@ -486,28 +499,13 @@ def sample_rows(ctx: Context, variants: Sequence[Variant]) -> list[dict]:
             for v in variants]
 
 
-def bulk_once(ctx: Context, pipe, plans, fast: bool) -> float:
-    """Seconds for diffusion + adaptation of ``plans`` (one batch)."""
+def bulk_once(ctx: Context, pipe, plans) -> float:
+    """Seconds for diffusion + adaptation of ``plans`` (one batch; the pipeline's own stage 4)."""
     sync(ctx.device)
     t0 = time.perf_counter()
-    if fast:
-        fast_adapt(ctx, pipe, plans)
-    else:
-        pipe.run(plans)  # the reference: per-sample reference adaptation
+    pipe.run(plans)
     sync(ctx.device)
     return time.perf_counter() - t0
-
-
-def fast_adapt(ctx: Context, pipe, plans) -> None:
-    """Batched diffusion, then engine/adaptation.py's batched adaptation of all samples."""
-    from adabldm_engine.adaptation import FastAdaptConfig, adapt_batch
-
-    z, x_ok, mask = pipe.diffuse(plans)
-    with torch.no_grad():
-        x_fg = pipe.codec.decode(z)
-    fast = FastAdaptConfig(precision="bf16" if ctx.device.type == "cuda" else "fp32")
-    fast = dataclasses.replace(fast, iters=min(fast.iters or ctx.cfg.adapt_iters, ctx.cfg.adapt_iters))
-    adapt_batch(ctx.models.vae, z, x_fg, x_ok, mask, pipe.cfg.adapt, fast, ctx.models.latent_scale)
 
 
 def bulk_rows(ctx: Context, variants: Sequence[Variant], budget: Budget) -> list[dict]:
@@ -522,9 +520,9 @@ def bulk_rows(ctx: Context, variants: Sequence[Variant], budget: Budget) -> list
         gen, plans = sample_plans(ctx, n, start=10)
         pipe, err = attempt(lambda: pipeline(ctx, v, gen))
         if fast and not err:  # warm-up: graph capture, autotuning (the reference needs none)
-            _, err = attempt(lambda: bulk_once(ctx, pipe, plans, fast))
+            _, err = attempt(lambda: bulk_once(ctx, pipe, plans))
         batches = [plans] if fast else [[p] for p in plans]
-        t, err = (None, err) if err else attempt(lambda: sum(bulk_once(ctx, pipe, b, fast) for b in batches))
+        t, err = (None, err) if err else attempt(lambda: sum(bulk_once(ctx, pipe, b) for b in batches))
         rows.append({"section": "bulk", "variant": v.name, "batch": n if fast else 1, "seconds": t, "samples": n,
                      "note": err or ("batched adaptation" if fast else "reference adaptation")})
     return rows
