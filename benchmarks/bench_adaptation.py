@@ -282,6 +282,7 @@ def costs(rows: list[Row], vae, batch, scale: float, k: int, device, label: str)
     """
     n = batch[0].shape[0]
     kernels: dict[tuple, tuple[float, float]] = {}
+    parts_of: dict[str, dict] = {}  # FLOP parts depend on the trainable split only (and the shapes)
     out = []
     for row in rows:
         fast = as_config(row)
@@ -292,7 +293,9 @@ def costs(rows: list[Row], vae, batch, scale: float, k: int, device, label: str)
             print(f"  {label:5s} {str(key):50s} fixed {kernels[key][0]:6.2f} s, step {kernels[key][1]:6.2f} s"
                   f" (batch of {n})", flush=True)
         fixed, step = kernels[key]
-        parts = flop_parts(vae, fast, tuple(batch[0][:1].shape), tuple(batch[2][:1].shape))
+        if fast.trainable not in parts_of:
+            parts_of[fast.trainable] = flop_parts(vae, fast, tuple(batch[0][:1].shape), tuple(batch[2][:1].shape))
+        parts = parts_of[fast.trainable]
         reference = row.config is None
         gflop = flops_per_sample(parts, None if reference else fast, row.steps) / 1e9
         out.append((((2 if reference else 1) * fixed + row.steps * step) / n, gflop))
