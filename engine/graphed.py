@@ -16,7 +16,7 @@ import torch
 from adabldm_ref.pipeline import SamplePlan
 from adabldm_ref.sampler import BlendTargets
 
-from .runtime import EngineCFG, EnginePipeline
+from .runtime import EnginePipeline
 from .step import DdimTable, EpsFn, ddim_blend_step, ddim_table, sample_blended_static
 
 WARMUP_STEPS = 2  # eager runs before capture: lazy inits, cuDNN/TensorRT first-call work
@@ -108,7 +108,7 @@ class GraphedEnginePipeline(EnginePipeline):
             eps = self._denoiser(hint)
             runner = self._runners[b] = StepRunner(eps, self.table, targets.z_ok, targets.m_keep, self.graphs)
         else:
-            _reload_hint(runner.eps_fn, hint)
+            runner.eps_fn.set_hint(hint)  # in place: a captured graph reads that buffer
             runner.load(targets.z_ok, targets.m_keep)
         return runner
 
@@ -119,10 +119,3 @@ class GraphedEnginePipeline(EnginePipeline):
         runner = self._step_runner(hint, targets)
         z = sample_blended_static(runner, z_t, self.table, self.cfg.sampler, targets, self.codec, noise, callback)
         return z, targets.x_ok, targets.mask
-
-
-def _reload_hint(eps_fn, hint: torch.Tensor) -> None:
-    """Write a new batch's trimaps into an EngineCFG's constant (2B) hint in place."""
-    if not isinstance(eps_fn, EngineCFG):
-        raise TypeError(f"cannot reload the hint of {type(eps_fn).__name__}: expected an EngineCFG")
-    eps_fn.feed["hint"].copy_(torch.cat([hint, hint]))

@@ -34,6 +34,10 @@ class EngineCFG:
             "control_scale": torch.tensor(float(control_scale), device=dev),
         }
 
+    def set_hint(self, hint: torch.Tensor) -> None:
+        """Write another batch's trimaps (B, 3, H, W) into the constant 2B hint, in place."""
+        self.feed["hint"].copy_(torch.cat([hint, hint]))
+
     def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         feed = {**self.feed, "sample": torch.cat([z, z]), "timestep": t.to(z.device, torch.float32).reshape(())}
         eps_uncond, eps_cond = self.net.infer(feed)["eps"].chunk(2)
