@@ -8,14 +8,16 @@ quantised on the captured feeds (adabldm_calibration.int8), then:
 - parity: final images (after adaptation) of held-out samples, INT8 pipeline vs FP32
   pipeline, same plans and seeds; PSNR per sample against the quality floor.
 Optionally (--sd15) the speed of one call of a random-weight unet_control with SD-1.5's
-channel widths (speed does not depend on the weights; calibrated on random feeds).
+channel widths (speed does not depend on the weights; calibrated on random feeds), and
+(--sensitivity) the parity of other calibration methods and of parts left in float.
 Results: benchmarks/results/int8_cpu.{md,json}.
 
-    python benchmarks/bench_int8.py [--samples 4] [--steps 50] [--adapt-iters 200] [--sd15]
+    python benchmarks/bench_int8.py [--samples 4] [--steps 50] [--adapt-iters 200] [--sd15] [--sensitivity]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import tempfile
@@ -27,7 +29,8 @@ import torch
 from bench_onnxruntime import header_lines, interleaved, machine, write_report  # one timer and record format
 
 from adabldm_calibration.capture import FOLDER, load_capture, ok_images_of
-from adabldm_calibration.int8 import INT8_PSNR_FLOOR_DB, Int8Config, int8_engines, parity, parity_plans, quantize
+from adabldm_calibration.int8 import (INT8_PSNR_FLOOR_DB, Int8Config, int8_engines, parity, parity_plans, quantizable_nodes,
+                                      quantize)
 from adabldm_calibration.loader import CapturedLoader
 from adabldm_calibration.precision_map import rel_l2
 from adabldm_engine.backends import OrtBackend
@@ -50,9 +53,36 @@ def call_speed(spec, fp32_path: Path, int8_path: Path, feeds_by_batch: dict, rep
     return rows
 
 
+# Settings whose end-to-end parity --sensitivity measures beside the main one: other
+# calibration methods, and parts of the UNet+ControlNet left in float (ONNX node-name prefixes).
+SENSITIVITY = {
+    "entropy calibration": {"method": "entropy"},
+    "percentile calibration": {"method": "percentile"},
+    "UNet up-blocks and conv_out float": {"exclude": ("/unet/unet/up_blocks", "/unet/unet/conv_out")},
+    "ControlNet float": {"exclude": ("/control/",)},
+    "edges float (conv_in/out, time and hint embeddings)": {"exclude": (
+        "/unet/unet/conv_in", "/unet/unet/conv_out", "/unet/unet/time_embedding", "/control/controlnet/time_embedding",
+        "/control/controlnet/controlnet_cond_embedding")},
+}
+
+
+def sensitivity(bundle: Bundle, cap, loader, cfg: Int8Config, tmp: Path) -> list[dict]:
+    """Worst end-to-end PSNR vs FP32 of each SENSITIVITY setting (same held-out plans as the main parity)."""
+    graph = onnx_graph(bundle)
+    out = []
+    for i, (label, change) in enumerate(SENSITIVITY.items()):
+        c = dataclasses.replace(cfg, **change)
+        path = quantize(bundle.graph("unet_control"), tmp / f"sensitivity_{i}.onnx", loader, c)
+        result = parity(bundle, path, ok_images_of(cap), c, seed=cap.settings["config"]["seed"] + 1)
+        out.append({"setting": label, "quantised_nodes": len(quantizable_nodes(graph, c)), "min_psnr_db": result.min_psnr_db})
+        print(f"  {label}: worst {result.min_psnr_db:.1f} dB", flush=True)
+    return out
+
+
 def diffusion_speed(bundle: Bundle, int8_path: Path, oks, cfg: Int8Config) -> dict:
     gen, plans = parity_plans(oks, cfg, seed=1)
-    pipes = {name: EnginePipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], gen)
+    tokenizer, vae = bundle.tokenizer(), bundle.adapt_vae()
+    pipes = {name: EnginePipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen)
              for name, engines in (("fp32", bundle_engines(bundle, "onnxruntime")), ("int8", int8_engines(bundle, int8_path)))}
     t = interleaved({k: (lambda p=p: p.diffuse(plans[:1])) for k, p in pipes.items()}, reps=3)
     return {"model": "tiny", "what": f"sample diffusion ({cfg.parity_steps} steps)", "batch": 1, "fp32_s": t["fp32"],
@@ -81,7 +111,17 @@ def bench_tiny(args, tmp: Path) -> tuple[list[dict], dict]:
     info = {"quantize_s": quant_s, "calibration_feeds": len(loader), "settings": {
         k: getattr(cfg, k) for k in ("method", "per_channel", "weighted_only", "parity_samples", "parity_steps",
                                      "parity_adapt_iters")}, "parity": result.to_dict()}
+    info["quantised_nodes"] = len(quantizable_nodes(onnx_graph(bundle), cfg))
+    if args.sensitivity:
+        print("sensitivity ...", flush=True)
+        info["sensitivity"] = sensitivity(bundle, cap, loader, cfg, tmp)
     return rows, info
+
+
+def onnx_graph(bundle: Bundle):
+    import onnx
+
+    return onnx.load(str(bundle.graph("unet_control")), load_external_data=False)
 
 
 def sd15_width_models():
@@ -159,6 +199,11 @@ def write(rows: list[dict], info: dict, meta: dict) -> None:
     lines += [f"| {i} | {fmt(a)} | {fmt(b)} |" for i, (a, b) in enumerate(zip(p["psnr_db"], p["blended_psnr_db"]))]
     lines += ["", f"Quality floor: {p['floor_db']:.0f} dB on every sample (adabldm_calibration.int8.INT8_PSNR_FLOOR_DB)."
               f" Worst sample {fmt(p['min_psnr_db'])} dB: INT8 {verdict}."]
+    if "sensitivity" in info:
+        lines += ["", "## Sensitivity (same held-out samples)", "",
+                  f"Main setting: {info['settings']['method']}, {info['quantised_nodes']} nodes quantised.", "",
+                  "| setting | nodes quantised | worst PSNR vs FP32 (dB) |", "|---|---|---|"]
+        lines += [f"| {s['setting']} | {s['quantised_nodes']} | {fmt(s['min_psnr_db'])} |" for s in info["sensitivity"]]
     write_report(RESULTS / "int8_cpu.md", lines)
 
 
@@ -171,9 +216,12 @@ def main() -> None:
     ap.add_argument("--method", default="minmax", choices=["minmax", "entropy", "percentile"])
     ap.add_argument("--calibration-feeds", type=int, default=16)
     ap.add_argument("--sd15", action="store_true", help="also time a unet_control of SD-1.5 widths (minutes)")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="also the parity of other calibration methods and of parts left in float (minutes)")
     args = ap.parse_args()
     cmd = "python benchmarks/bench_int8.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("sd15",)) + (" --sd15" if args.sd15 else "")
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("sd15", "sensitivity")) + "".join(
+        f" --{k}" for k in ("sd15", "sensitivity") if getattr(args, k))
     meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": machine(),
             "versions": tool_versions(), "command": cmd, "floor_db": INT8_PSNR_FLOOR_DB}
     with tempfile.TemporaryDirectory() as tmp:
