@@ -124,8 +124,13 @@ class ControlNetCFG:
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
-        eps_uncond, eps_cond = eps.chunk(2)
-        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
+        return guide(eps, self.guidance)
+
+
+def guide(eps: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance over a 2B batch of eps, unconditional rows first: (B, ...)."""
+    eps_uncond, eps_cond = eps.chunk(2)
+    return eps_uncond + guidance * (eps_cond - eps_uncond)
 
 
 @dataclass(frozen=True)

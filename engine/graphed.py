@@ -95,6 +95,9 @@ class GraphedEnginePipeline(EnginePipeline):
 
     def __init__(self, *args, graphs: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.cfg.sampler.eta != 0:  # ddim_blend_step has no stochastic term
+            raise ValueError(f"sampler eta={self.cfg.sampler.eta}: the static-buffer loop runs"
+                             " deterministic DDIM only (eta 0); use EnginePipeline for eta > 0")
         if graphs is None:
             graphs = self.device.type == "cuda" and self.unet_control.graph_safe
         self.graphs = graphs

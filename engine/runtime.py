@@ -16,6 +16,7 @@ from adabldm_ref.adaptation import AdaptResult
 from adabldm_ref.config import GenerationConfig
 from adabldm_ref.models import Models, prompt_ids
 from adabldm_ref.pipeline import AdaBLDM
+from adabldm_ref.sampler import guide
 
 from .adaptation import FastAdaptConfig, adapt_batch
 from .backends import Backend, TorchBackend
@@ -40,8 +41,7 @@ class EngineCFG:
 
     def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         feed = {**self.feed, "sample": torch.cat([z, z]), "timestep": t.to(z.device, torch.float32).reshape(())}
-        eps_uncond, eps_cond = self.net.infer(feed)["eps"].chunk(2)
-        return eps_uncond + self.guidance * (eps_cond - eps_uncond)
+        return guide(self.net.infer(feed)["eps"], self.guidance)
 
 
 class EngineCodec:

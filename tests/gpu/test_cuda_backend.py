@@ -45,6 +45,18 @@ def test_reduced_precision_parity_on_cpu(tiny, dtype, tol):
     assert all(0 < e < tol for e in errors.values()), errors
 
 
+def test_compiled_unet_control_matches_eager_on_cpu(tiny):
+    """torch.compile (Inductor's CPU code) of the UNet+ControlNet wrapper, as the
+    torch-compile backend builds it: the same outputs as the fp32 reference engine."""
+    cfg = TorchCudaConfig(dtype="fp32", compile=True, channels_last=False)
+    compiled = torch_cuda_engines(tiny, 64, cfg, device="cpu")["unet_control"]
+    reference = torch_engines(tiny, 64)["unet_control"]
+    feed = random_inputs(reference.spec, 2, torch.Generator().manual_seed(1), vocab=514)
+    got, want = compiled.infer(feed)["eps"], reference.infer(feed)["eps"]
+    assert isinstance(compiled.module, torch._dynamo.eval_frame.OptimizedModule)
+    assert agreement(got, want).rel_l2 < 1e-5
+
+
 def test_backend_works_on_a_private_copy_in_channels_last(tiny):
     engines = torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), device="cpu")
     backend = engines["unet_control"].activate()

@@ -94,6 +94,12 @@ def _pipelines(tiny, steps, renoise="next", device="cpu"):
     return cfg, ref, fast
 
 
+def test_static_loop_refuses_stochastic_ddim(tiny):
+    cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=4, eta=0.5), adapt=AdaptConfig(iters=0))
+    with pytest.raises(ValueError, match="eta=0.5: the static-buffer loop runs deterministic DDIM only"):
+        GraphedEnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+
+
 @pytest.mark.parametrize("renoise", ["next", "current"])
 def test_static_loop_reproduces_the_reference_sampler(tiny, small_textures, renoise):
     """All three stages (6 steps: free 0-2, latent 3-5, pixel 5), two batches through one
