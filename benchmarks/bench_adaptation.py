@@ -8,7 +8,7 @@ first trained briefly as an autoencoder on the textures (``--pretrain-steps``; 0
 random decoder and writes ``adaptation_{device}_random``).
 - Quality (tiny decoder, full runs): background PSNR against the OK image outside the
   mask, and PSNR of the defect region against the reference-adapted output.
-- Cost per sample: each step kernel (trainable part, caching, batching, precision) is
+- Cost per sample: each step kernel (trainable part, caching, batching, precision, layout) is
   timed for a few steps on the tiny decoder (whole batch) and on a seeded random-weight
   SD-1.5-size decoder at 256 px (one sample), then fixed + steps x step time; FLOPs
   (convolutions and matmuls) counted with FlopCounterMode on meta tensors.
@@ -63,6 +63,7 @@ UP3 = BASE.replace(trainable="up_blocks.3", iters=50, lr=4e-4)
 VARIANTS: dict[str, FastAdaptConfig] = {
     "exact, loop (adapt_batch)": BASE,
     "exact, batched (vmap)": BASE.replace(batching="vmap"),
+    "all, 200 it, channels-last": BASE.replace(channels_last=True),
     "all, 100 it, lr 2e-4": BASE.replace(iters=100, lr=2e-4),
     "all, 20 it, lr 1e-3": BASE.replace(iters=20, lr=1e-3),
     "up3, 200 it, lr 1e-4": BASE.replace(trainable="up_blocks.3"),
@@ -76,6 +77,7 @@ VARIANTS: dict[str, FastAdaptConfig] = {
 # bf16 autocast: on GPUs, and on CPUs with native bf16 (AVX512-BF16 / AMX; oneDNN kernels).
 BF16_VARIANTS: dict[str, FastAdaptConfig] = {
     "all, 200 it, bf16": BASE.replace(precision="bf16"),
+    "all, 200 it, bf16, channels-last": BASE.replace(precision="bf16", channels_last=True),
     "all, 100 it, lr 2e-4, bf16": BASE.replace(iters=100, lr=2e-4, precision="bf16"),
     "up3, 50 it, lr 4e-4, bf16": UP3.replace(precision="bf16"),
 }
@@ -274,7 +276,7 @@ def same_computation(a: FastAdaptConfig, b: FastAdaptConfig) -> bool:
 
 def costs(rows: list[Row], vae, batch, scale: float, k: int, device, label: str) -> list[tuple[float, float]]:
     """(seconds, GFLOP) per sample of each row: each step kernel (trainable, cache, batching,
-    precision) is timed once over the batch, then fixed + steps x step.
+    precision, layout) is timed once over the batch, then fixed + steps x step.
 
     The reference loop's kernel is FastAdaptConfig.reference(), which computes the
     reference's arithmetic bit for bit (tests); the reference adds one forward (its first
@@ -287,7 +289,7 @@ def costs(rows: list[Row], vae, batch, scale: float, k: int, device, label: str)
     for row in rows:
         fast = as_config(row)
         cached = fast.cache_frozen and fast.trainable != "all"  # nothing to cache when all trains
-        key = (fast.trainable, cached, fast.batching, fast.precision)
+        key = (fast.trainable, cached, fast.batching, fast.precision, fast.channels_last)
         if key not in kernels:
             kernels[key] = time_kernel(vae, fast, batch, scale, k + 1, device)
             print(f"  {label:5s} {str(key):50s} fixed {kernels[key][0]:6.2f} s, step {kernels[key][1]:6.2f} s"
@@ -484,7 +486,7 @@ def write(stem: Path, record: dict, rows: list[Row]) -> None:
          "Tiny decoder with its seeded random weights: adaptation trains a decoder that does not decode"
          " (a poor stand-in for SD-1.5's; see adaptation_cpu.md for a pre-trained one)."),
         "",
-        "Seconds per sample: each step kernel (trainable part, caching, batching, precision) is"
+        "Seconds per sample: each step kernel (trainable part, caching, batching, precision, layout) is"
         f" timed over the batch ({record['tiny_steps_timed']} steps after a warm-up step, fastest"
         " step) for the tiny decoder, and over one sample"
         f" ({record['sd_steps_timed']} step after a warm-up step) for a random-weight SD-1.5-size"

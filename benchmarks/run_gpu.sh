@@ -5,7 +5,7 @@
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata onnxslim polygraphy
 # then run, with .whl carried:   bash benchmarks/run_gpu.sh bench   (< 10 min; results to $OUT)
 #                           or:  bash benchmarks/run_gpu.sh tests   (tests/gpu and every test marked gpu)
-#                           or:  bash benchmarks/run_gpu.sh adapt   (bench_adaptation.py on CUDA: vmap, bf16 rows)
+#                           or:  bash benchmarks/run_gpu.sh adapt   (bench_adaptation.py and bench_adaptation_kernel.py on CUDA)
 # tensorrt and onnxruntime-gpu are not on that image and too large to carry: their rows
 # and tests report "skipped" there; install them to get those figures.
 set -euo pipefail
@@ -27,6 +27,7 @@ case "${1:-bench}" in
          python3 -m pytest tests/gpu -q -p no:cacheprovider -rs "${@:2}" || rc=$?
          python3 -m pytest tests/export tests/calibration -m gpu -q -p no:cacheprovider -rs "${@:2}" || rc=$?
          exit "$rc" ;;
-  adapt) python3 benchmarks/bench_adaptation.py --device cuda --out "${OUT:-benchmarks/results}" "${@:2}" ;;
+  adapt) python3 benchmarks/bench_adaptation.py --device cuda --out "${OUT:-benchmarks/results}" "${@:2}"
+         python3 benchmarks/bench_adaptation_kernel.py --device cuda --out "${OUT:-benchmarks/results}" ;;
   *) echo "usage: $0 bench|tests|adapt [args]" >&2; exit 2 ;;
 esac

@@ -9,7 +9,7 @@ whose reference value gives the reference behaviour:
   computed once per sample instead of once per step (``cache_frozen``);
 - B samples train at once, each with its own copy of the tail's parameters, stacked
   along a leading axis and run through ``torch.func.vmap`` (``batching``);
-- step count, learning rate, early stop on the loss, bf16 autocast.
+- step count, learning rate, early stop on the loss, bf16 autocast, channels-last layout.
 
 The model's own decoder is never modified: trained parameters live outside it and are
 applied with ``torch.func.functional_call``.
@@ -48,13 +48,14 @@ class FastAdaptConfig:
     # one such as "up_blocks.3"); everything before it is frozen. "all": the whole decoder
     # (reference). Measured: training only up_blocks.3 (+ output layers) costs 1/4 of the
     # arithmetic per step (SD-size), up_blocks.2+ 1/2, but every tail-only variant stopped
-    # 8-9 dB of background PSNR short of the reference on the tiny decoder (pre-trained or not).
+    # 7.9-9.7 dB of background PSNR short of the reference on the tiny decoder (pre-trained or not).
     trainable: str = ALL
     # Frozen head computed once per sample, not once per step (exact; no-op while "all"
     # trains). False recomputes it every step: only costs time, kept to measure caching.
     cache_frozen: bool = True
     # Upper bound on AdamW updates per sample; None: AdaptConfig.iters (200, reference).
-    # Measured: 100 steps at lr 2e-4 lost 2.7 dB, 20 at 1e-3 lost 9 dB.
+    # Measured (adaptation_cpu.md): 100 steps at lr 2e-4 lost 1.1 dB of background PSNR,
+    # 20 at 1e-3 lost 6.5 dB; the defect region moved to 30.5 / 21.2 dB from the reference's.
     iters: int | None = None
     # AdamW learning rate; None: AdaptConfig.lr (1e-4). Fewer steps need a larger lr to
     # move the weights as far as the reference's 200 steps do.
@@ -66,14 +67,21 @@ class FastAdaptConfig:
     patience: int = 10  # window of the early-stop test, in steps
     # "vmap": B samples in one grouped computation, each with its own parameters; "loop":
     # one sample after another (reference). Same per-sample results. On the CPU vmap was
-    # slower (0.7x tiny decoder at B=3, 0.9x SD-size): grouped convolutions and a
+    # slower (0.8x, tiny decoder at B=3 and SD-size): grouped convolutions and a
     # decomposed GroupNorm cost more than per-sample kernels. Not yet measured on a GPU.
     batching: Literal["vmap", "loop"] = "loop"
     # "bf16": autocast the decoder to bfloat16 (GPUs with bf16 tensor cores, CPUs with
-    # AVX512-BF16/AMX); "fp32": reference. Measured on such a CPU: 2.1x cheaper per step at
-    # SD-1.5 size, -0.05 dB background and 49.5 dB defect PSNR vs the reference (0.7x on the
-    # tiny decoder). Opt-in (adabldm-run --adapt-precision bf16): not the reference's result.
+    # AVX512-BF16/AMX); "fp32": reference. Measured on such a CPU: 2.1-2.2x cheaper per sample
+    # at SD-1.5 size, -0.05 dB background and 49.5 dB defect PSNR vs the reference (0.6-0.7x
+    # on the tiny decoder). Opt-in (adabldm-run --adapt-precision bf16): not the reference's result.
     precision: Literal["fp32", "bf16"] = "fp32"
+    # NHWC activations and conv weights (each sample's copy): the layout oneDNN's and
+    # cuDNN's fastest convolutions want; the same arithmetic up to fp32 rounding (after 200
+    # steps the tiny decoder's 8-bit images equal the reference's). Measured on the CPU, a
+    # small gain: 1.05x per SD-1.5-size sample in adaptation_cpu.md (none with bf16),
+    # 1.07-1.25x per step in adaptation_kernel_cpu.md. Not measured on a GPU, where
+    # tensor-core convolutions want it.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.iters is not None and self.iters < 0:
@@ -94,7 +102,7 @@ class FastAdaptConfig:
         """Every shortcut off: the reference loop's computation, sample by sample."""
         return cls(
             trainable=ALL, cache_frozen=False, iters=None, lr=None, early_stop_tol=0.0,
-            batching="loop", precision="fp32",
+            batching="loop", precision="fp32", channels_last=False,
         )
 
     def replace(self, **changes) -> "FastAdaptConfig":
@@ -171,12 +179,19 @@ def split_decoder(decoder: nn.Module, trainable: str) -> tuple[DecoderPart, Deco
 # Per-sample parameters, forward and loss
 
 
-def stack_params(part: nn.Module, batch: int) -> Params:
-    """Each parameter of ``part`` repeated to (B, *shape): a trainable copy per sample."""
-    return {
-        name: p.detach().unsqueeze(0).repeat(batch, *([1] * p.dim())).requires_grad_(True)
-        for name, p in part.named_parameters()
-    }
+def stack_params(part: nn.Module, batch: int, channels_last: bool = False) -> Params:
+    """Each parameter of ``part`` repeated to (B, *shape): a trainable copy per sample.
+
+    ``channels_last``: conv weights (4-d) laid out so that each sample's copy ``[b]`` is
+    channels-last, as ``module.to(memory_format=torch.channels_last)`` would make it.
+    """
+    def copies(p: torch.Tensor) -> torch.Tensor:
+        stacked = p.detach().unsqueeze(0).repeat(batch, *([1] * p.dim()))
+        if channels_last and p.dim() == 4:  # (B, O, I, kh, kw) stored as (B, O, kh, kw, I)
+            stacked = stacked.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        return stacked.requires_grad_(True)
+
+    return {name: copies(p) for name, p in part.named_parameters()}
 
 
 def tail_forward(tail: DecoderPart, params: Params, x: torch.Tensor, batching: str) -> torch.Tensor:
@@ -275,11 +290,14 @@ class _Active:
     targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x_fg, x_ok, mask rows
 
     def keep(self, rows: torch.Tensor) -> "_Active":
-        sub = lambda d: {k: v.detach()[rows] for k, v in d.items()}  # noqa: E731
+        """The active samples where ``rows`` (A,) bool is True, each tensor in its layout."""
+        n = int(rows.sum())
+        take = lambda t: torch.empty_like(t[:n]).copy_(t.detach()[rows])  # noqa: E731  (t[:n]: t's strides)
+        sub = lambda d: {k: take(v) for k, v in d.items()}  # noqa: E731
         params = {k: v.requires_grad_(True) for k, v in sub(self.params).items()}
         state = {"m": sub(self.state["m"]), "v": sub(self.state["v"])}
-        targets = tuple(t[rows] for t in self.targets)
-        return _Active(self.index[rows], params, state, self.head_in[rows], targets)
+        targets = tuple(take(t) for t in self.targets)
+        return _Active(self.index[rows], params, state, take(self.head_in), targets)
 
 
 def _stopped(history: list[torch.Tensor], fast: FastAdaptConfig) -> torch.Tensor:
@@ -327,8 +345,11 @@ def adapt_batch(
     lr = adapt_cfg.lr if fast.lr is None else fast.lr
     head, tail = split_decoder(vae.decoder, fast.trainable)
     amp = torch.autocast(z_star.device.type, torch.bfloat16, enabled=fast.precision == "bf16")
+    z = z_star / latent_scale
+    if fast.channels_last:  # conv outputs follow their input's layout from here on
+        z = z.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), amp:
-        h = _frozen_features(vae, head if fast.cache_frozen else None, z_star / latent_scale, fast.batching)
+        h = _frozen_features(vae, head if fast.cache_frozen else None, z, fast.batching)
 
     def decode(act: _Active) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (A, 3, H, W) float32 and losses (A,) of the active samples."""
@@ -341,7 +362,7 @@ def adapt_batch(
         return x, per_sample_loss(x, *act.targets, adapt_cfg.preservation)
 
     b = z_star.shape[0]
-    params = stack_params(tail, b)
+    params = stack_params(tail, b, fast.channels_last)
     act = _Active(torch.arange(b, device=z_star.device), params, adamw_init(params), h, (x_fg, x_ok, mask))
     zeros = torch.zeros(b, device=x_ok.device)
     out = _Outputs(torch.empty_like(x_ok), zeros, zeros.clone(), torch.zeros(b, dtype=torch.long))

@@ -66,9 +66,10 @@ def test_reference_values_of_every_option():
     """Each field of reference() is the value that switches its shortcut off."""
     ref = FastAdaptConfig.reference()
     assert (ref.trainable, ref.cache_frozen, ref.iters, ref.lr) == ("all", False, None, None)
-    assert (ref.early_stop_tol, ref.batching, ref.precision) == (0.0, "loop", "fp32")
+    assert (ref.early_stop_tol, ref.batching, ref.precision, ref.channels_last) == (0.0, "loop", "fp32", False)
     assert {f.name for f in dataclasses.fields(FastAdaptConfig)} == {
-        "trainable", "cache_frozen", "iters", "lr", "early_stop_tol", "patience", "batching", "precision"
+        "trainable", "cache_frozen", "iters", "lr", "early_stop_tol", "patience", "batching", "precision",
+        "channels_last",
     }
 
 
@@ -82,6 +83,7 @@ def test_reference_values_of_every_option():
         (dict(lr=1e-3), False),
         (dict(early_stop_tol=0.9, patience=1), False),
         (dict(precision="bf16"), False),
+        (dict(channels_last=True), True),  # another layout: fp32 rounding only
     ],
 )
 def test_each_option_alone(tiny, batch, reference_first, change, exact):
@@ -100,9 +102,11 @@ def test_batched_equals_one_at_a_time(tiny, batch):
         torch.testing.assert_close(together.loss_final[b : b + 1], alone.loss_final, rtol=1e-5, atol=0)
 
 
-def test_batched_early_stop_equals_one_at_a_time(tiny, batch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_early_stop_equals_one_at_a_time(tiny, batch, channels_last):
     """Samples stopping at different steps leave the batch without changing the others."""
-    fast = FastAdaptConfig(trainable="up_blocks.3", iters=6, lr=1e-3, early_stop_tol=0.15, patience=1)
+    fast = FastAdaptConfig(trainable="up_blocks.3", iters=6, lr=1e-3, early_stop_tol=0.15, patience=1,
+                           channels_last=channels_last)
     together = run(tiny, batch, fast, iters=6)
     assert together.steps.min() < 6, together.steps  # some sample did stop early
     for b in range(B):
@@ -132,6 +136,19 @@ def test_cached_head_gives_the_plain_gradients(tiny, batch, trainable):
         for g_cached, g_plain in zip(cached, plain):
             scale = g_plain.abs().max().item() + 1e-12
             assert (g_cached[b] - g_plain).abs().max().item() <= 1e-4 * scale
+
+
+def test_channels_last_gives_each_sample_a_channels_last_decoder(tiny):
+    _, tail = split_decoder(tiny.vae.decoder, "up_blocks.3")
+    params = stack_params(tail, B, channels_last=True)
+    plain = stack_params(tail, B)
+    for k, v in params.items():
+        assert torch.equal(v, plain[k]) and v.requires_grad and v.is_leaf
+        if v.dim() == 5:
+            assert all(v[b].is_contiguous(memory_format=torch.channels_last) for b in range(B)), k
+    h = torch.randn(B, tail.stages[0].conv1.in_channels, 32, 32).contiguous(memory_format=torch.channels_last)
+    x = tail_forward(tail, params, h, "loop")
+    assert x.is_contiguous(memory_format=torch.channels_last)
 
 
 def decoder_name(tail, name: str) -> str:
