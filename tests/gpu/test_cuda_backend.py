@@ -132,3 +132,29 @@ def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, cuda, com
     mse = float(((x_gpu - x_ref) / 2).pow(2).mean())
     psnr = 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12)))
     assert psnr > 35.0, float(psnr)
+
+
+def test_static_loop_over_reduced_precision_engines_on_cpu(tiny):
+    """The GPU path's composition without a GPU: the static-buffer loop (no graph on the
+    CPU) over bf16 TorchCudaBackends, two batches through one runner; images (decoded z*)
+    close to the fp32 reference's."""
+    from skimage import data
+
+    from adabldm_engine.graphed import GraphedEnginePipeline
+    from adabldm_engine.runtime import EnginePipeline
+    from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
+    from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
+
+    cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
+    oks = [OkImage("brick", prepare_ok_image(data.brick(), 64))]
+    ref = EnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+    fast = GraphedEnginePipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), "cpu"),
+                                 tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+    assert not fast.graphs and fast.unet_control.graph_safe
+    for batch in ([0, 1], [2, 3]):
+        plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in batch]
+        x_ref = ref.codec.decode(ref.diffuse(plans)[0])
+        x_fast = fast.codec.decode(fast.diffuse(plans)[0])
+        psnr = 10 * torch.log10(4.0 / ((x_fast - x_ref).pow(2).mean().clamp_min(1e-12)))  # images in [-1, 1]
+        assert 35.0 < psnr < 100.0, float(psnr)  # bf16: close, and not the fp32 path by mistake
+    assert list(fast._runners) == [2]
