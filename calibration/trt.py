@@ -49,17 +49,26 @@ def layer_matches(layer_name: str, nodes: Sequence[str]) -> bool:
 
 
 def keep_fp32_layers(network, nodes: Sequence[str]) -> int:
-    """Set FP32 precision and output types on the layers of ``nodes``; returns how many."""
+    """Set FP32 precision and output types on the layers of ``nodes``; returns how many.
+
+    Only layers whose outputs are all floating point: the precision map names every node
+    of a module, shape arithmetic included, and TensorRT refuses other output types for
+    shape and integer layers (with precision constraints obeyed, the build would fail).
+    """
     import tensorrt as trt
 
+    floats = (trt.float32, trt.float16)
     count = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer_matches(layer.name, nodes):
-            layer.precision = trt.float32
-            for k in range(layer.num_outputs):
-                layer.set_output_type(k, trt.float32)
-            count += 1
+        if not layer_matches(layer.name, nodes) or layer.type in (trt.LayerType.SHAPE, trt.LayerType.CONSTANT):
+            continue
+        if not all(layer.get_output(k).dtype in floats for k in range(layer.num_outputs)):
+            continue
+        layer.precision = trt.float32
+        for k in range(layer.num_outputs):
+            layer.set_output_type(k, trt.float32)
+        count += 1
     return count
 
 

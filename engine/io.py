@@ -96,6 +96,10 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     _atomic(Path(path), lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
 

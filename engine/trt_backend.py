@@ -4,7 +4,9 @@ Per engine and batch size, one execution context whose inputs and outputs are to
 tensors on the GPU, bound once (``set_tensor_address``); a call copies the feed into the
 bound inputs (nothing when the feed already is those tensors) and enqueues the engine with
 ``execute_async_v3`` on PyTorch's current stream, so TensorRT and torch ops stay ordered
-without synchronising, and the call can be captured in a CUDA graph.
+without synchronising, and the call can be captured in a CUDA graph. On the legacy default
+stream (handle 0), where TensorRT would synchronise the device on every call, it enqueues
+on a stream of its own, ordered after and before the current one.
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ class TrtBackend(Backend):
             raise BackendError(f"{spec.name}: no TensorRT engine files given")
         self.files, self.device = list(files), torch.device(device)
         self._runtime = None
+        self._stream: torch.cuda.Stream | None = None
         self._engines: dict[Path, object] = {}
         self._bound: dict[int, _Bound] = {}
 
@@ -77,12 +80,14 @@ class TrtBackend(Backend):
         trt = _tensorrt()
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise BackendError(f"{self.spec.name}: TensorRT runs on a CUDA device, not {self.device}")
-        self._runtime = trt.Runtime(trt_logger(trt))
+        with torch.cuda.device(self.device):  # TensorRT works on the current device
+            self._runtime = trt.Runtime(trt_logger(trt))
+            self._stream = torch.cuda.Stream(self.device)
 
     def _deactivate(self) -> None:
         self._bound.clear()  # contexts before their engines
         self._engines.clear()
-        self._runtime = None
+        self._runtime = self._stream = None
 
     def _engine(self, file: EngineFile):
         if file.path not in self._engines:
@@ -137,13 +142,20 @@ class TrtBackend(Backend):
         return bound
 
     def _infer(self, feed, batch):
-        bound = self._bind(batch)
-        for name, buf in bound.inputs.items():
-            x = feed[name]
-            if x.data_ptr() != buf.data_ptr():
-                buf.copy_(x)
-        stream = torch.cuda.current_stream(self.device)
-        if not bound.context.execute_async_v3(stream.cuda_stream):
+        with torch.cuda.device(self.device):
+            bound = self._bind(batch)
+            for name, buf in bound.inputs.items():
+                x = feed[name]
+                if x.data_ptr() != buf.data_ptr():
+                    buf.copy_(x)
+            current = torch.cuda.current_stream(self.device)
+            if current.cuda_stream != 0:  # a stream of its own, e.g. one capturing a CUDA graph
+                ok = bound.context.execute_async_v3(current.cuda_stream)
+            else:  # the legacy default stream: TensorRT would synchronise the device
+                self._stream.wait_stream(current)
+                ok = bound.context.execute_async_v3(self._stream.cuda_stream)
+                current.wait_stream(self._stream)
+        if not ok:
             raise BackendError(f"{self.spec.name}: TensorRT execution failed (batch {batch})")
         return dict(bound.outputs)
 

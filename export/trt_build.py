@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from adabldm_engine.io import write_bytes
+
 from .precision import PrecisionDecision, choose_precision, fp16_onnx, probe_finite
 from .trt_cache import (
     BuildItem,
@@ -103,15 +105,21 @@ def _add_profile(builder, network, config, profile: EngineProfile) -> None:
             raise TrtBuildError(f"graph input {tensor.name} {tuple(tensor.shape)} has no shapes in the profile")
         trt_profile.set_shape(tensor.name, *shapes[tensor.name])
         dynamic = True
-    if dynamic:
-        config.add_optimization_profile(trt_profile)
+    if dynamic and config.add_optimization_profile(trt_profile) < 0:
+        raise TrtBuildError(f"TensorRT refused the optimization profile {shapes} (min <= opt <= max per input?)")
 
 
 def _timing_cache(config, path: Path | None):
-    """Attach the stored timing cache (an empty one if absent or unreadable)."""
+    """Attach the stored timing cache (an empty one if absent, unreadable or not this
+    TensorRT/GPU's: it only saves build time, so a bad one is not worth failing for)."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    try:
+        cache = config.create_timing_cache(data)
+        attached = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except Exception as exc:  # noqa: BLE001  (TensorRT raises RuntimeError-like errors of its own)
+        log.warning("timing cache %s unreadable (%s)", path, exc)
+        attached = False
+    if not attached:
         log.warning("timing cache %s does not fit this TensorRT/GPU; starting an empty one", path)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
@@ -131,9 +139,8 @@ def build_engine(onnx_path: Path, profile: EngineProfile, cfg: TrtBuildConfig, t
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise TrtBuildError(f"TensorRT failed to build {onnx_path} (its log above says why)")
-    if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+    if timing_cache is not None:  # atomically: a killed build must not leave half a cache
+        write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan))
 
 

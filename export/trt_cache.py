@@ -14,6 +14,7 @@ this machine's TensorRT, GPU or the bundle's ONNX files is never used.
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -209,11 +210,13 @@ class EngineCache:
         return path
 
     def usable(self, network: str, env: Environment, onnx_sha256: Mapping[str, str], redo: str) -> list[dict]:
-        """Records of ``network`` that run here; StaleEngineError naming why none does."""
+        """Records of ``network`` that run here, newest build first (so that of two engines
+        serving the same batch, say an FP16 and a later FP32 build, the last one built is
+        used); StaleEngineError naming why none does."""
         records = self.records(network)
         fit = [r for r in records if not stale_reasons(r, env, onnx_sha256)]
         if fit:
-            return fit
+            return sorted(fit, key=lambda r: r.get("built_at", ""), reverse=True)
         if not records:
             raise StaleEngineError(f"bundle has no TensorRT engine for {network} in {self.root}; {redo}")
         why = "; ".join(sorted({reason for r in records for reason in stale_reasons(r, env, onnx_sha256)}))
@@ -252,5 +255,6 @@ def record_for(network: str, key: str, env: Environment, onnx_sha256: Mapping[st
     return {"record_version": RECORD_VERSION, "network": network, "key": key, **env.keyed(), "gpu": env.gpu,
             "onnx_sha256": dict(onnx_sha256), "settings": cfg.key_settings(), "profile": profile.to_dict(),
             "precision": precision, "fallback_reason": reason, "build_s": round(build_s, 1),
+            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "fp16_block_nodes": sorted(block_nodes) if precision == "fp16" else [],
             "build_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}

@@ -154,6 +154,17 @@ def test_cache_round_trip_and_refusals(specs, tmp_path):
     assert cache.cached("unet_control", rec["key"]) is None
 
 
+def test_of_two_engines_for_one_batch_the_newest_build_comes_first(specs, tmp_path):
+    cache = EngineCache(tmp_path)
+    fp16 = _record(specs)
+    cache.write(fp16, b"fp16 plan")
+    fp32 = _record(specs, cfg=TrtBuildConfig(precision="fp32"))
+    cache.write(fp32, b"fp32 plan")
+    assert fp32["key"] != fp16["key"] and fp32["built_at"] > fp16["built_at"]
+    keys = [r["key"] for r in cache.usable("unet_control", ENV, SHA, "redo")]
+    assert keys == [fp32["key"], fp16["key"]]
+
+
 def test_fp16_graph_names_follow_source_and_precision_map(tmp_path):
     cache = EngineCache(tmp_path)
     a = cache.fp16_graph("vae_decoder", "a" * 64)
