@@ -466,7 +466,7 @@ def sample_plans(ctx: Context, n: int, start: int = 0):
 
 def pipeline(ctx: Context, v: Variant, gen):
     """The reference AdaBLDM (v.engines None) or the graphed engine pipeline of v, whose
-    stage 4 is engine/adaptation.py's batched adaptation (bf16 on CUDA)."""
+    stage 4 is engine/adaptation.py's batched adaptation (bf16, channels-last on CUDA)."""
     from adabldm_engine.adaptation import FastAdaptConfig
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_ref.pipeline import AdaBLDM
@@ -474,7 +474,8 @@ def pipeline(ctx: Context, v: Variant, gen):
     m = ctx.models
     if v.engines is None:
         return AdaBLDM(m, gen, ctx.device)
-    fast = FastAdaptConfig(precision="bf16" if ctx.device.type == "cuda" else "fp32")
+    cuda = ctx.device.type == "cuda"  # bf16 tensor cores want NHWC convolutions
+    fast = FastAdaptConfig(precision="bf16" if cuda else "fp32", channels_last=cuda)
     return GraphedEnginePipeline(v.engines, m.tokenizer, m.vae, m.latent_scale, gen, device=ctx.device, graphs=v.graphs,
                                  fast_adapt=fast)
 
