@@ -93,8 +93,9 @@ def test_each_option_alone(tiny, batch, reference_first, change, exact):
     assert (err < 2e-3) == exact, err
 
 
-def test_batched_equals_one_at_a_time(tiny, batch):
-    fast = FastAdaptConfig(trainable="up_blocks.3", iters=ITERS, lr=4e-4, batching="vmap")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batched_equals_one_at_a_time(tiny, batch, channels_last):
+    fast = FastAdaptConfig(trainable="up_blocks.3", iters=ITERS, lr=4e-4, batching="vmap", channels_last=channels_last)
     together = run(tiny, batch, fast)
     for b in range(B):
         alone = run(tiny, batch, fast, rows=slice(b, b + 1))
