@@ -63,7 +63,7 @@ def _device(value: str) -> str:
 @click.option("--control-scale", default=_SAMPLER.control_scale, show_default=True, help="ControlNet conditioning scale.")
 @click.option("--adapt-iters", default=_ADAPT.iters, show_default=True, help="Online decoder adaptation iterations (0: off).")
 @click.option("--adapt-lr", default=_ADAPT.lr, show_default=True, help="Adaptation AdamW learning rate. Fewer --adapt-iters with a larger rate trade quality for time (measured on the CPU: 100 at 2e-4 costs half and loses ~1 dB of background PSNR; benchmarks/results/adaptation_cpu.md).")
-@click.option("--adapt-precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Adaptation arithmetic. bf16: bfloat16 autocast, fp32 weights and loss; measured on a CPU with native bf16: 2.1x faster at SD-1.5 size, background PSNR -0.05 dB (slower on the tiny model and on CPUs without native bf16).")
+@click.option("--adapt-precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True, help="Adaptation arithmetic. bf16: bfloat16 autocast, fp32 weights and loss; measured on a CPU with native bf16: 2.1x faster at SD-1.5 size, background PSNR -0.05 dB (slower on the tiny model and on CPUs without native bf16); on a GPU with channels-last convolutions (not yet measured there).")
 @click.option("--preservation", default=_ADAPT.preservation, show_default=True, help="Adaptation background weight (lambda).")
 @click.option("--resolution", default=_GEN.resolution, show_default=True, help="Working resolution, a multiple of 64.")
 @click.option("--renoise", type=click.Choice(["next", "current"]), default=_SAMPLER.renoise, show_default=True, help="Pixel stage: re-noise to the next timestep (fixed) or the current one (authors' code).")

@@ -428,8 +428,10 @@ def backend_name(cfg: JobConfig) -> str:
 def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
     """The pipeline of the job and the identity (weights hash) of its model."""
     gen, device = cfg.generation, cfg.device
-    fast = FastAdaptConfig(precision=cfg.adapt_precision)
-    if fast.precision == "bf16" and torch.device(device).type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    on_gpu = torch.device(device).type == "cuda"
+    # bf16 on a GPU: tensor-core convolutions want NHWC (on the CPU channels-last gained nothing with bf16)
+    fast = FastAdaptConfig(precision=cfg.adapt_precision, channels_last=cfg.adapt_precision == "bf16" and on_gpu)
+    if fast.precision == "bf16" and not on_gpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("--adapt-precision bf16 on a CPU without native bfloat16: emulated, likely slower than fp32")
     if cfg.bundle is None:
         models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
