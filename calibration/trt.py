@@ -48,6 +48,12 @@ def layer_matches(layer_name: str, nodes: Sequence[str]) -> bool:
     return any(layer_name == n or layer_name.startswith(n + "_") or layer_name.startswith(n + " ") for n in nodes)
 
 
+def fp32_constrainable(layer_type: str, output_types: Sequence[str]) -> bool:
+    """Whether a layer may be pinned to FP32, by the names of its ``trt.LayerType`` and
+    output ``trt.DataType``s: not shape arithmetic or a constant, every output floating point."""
+    return layer_type not in ("SHAPE", "CONSTANT") and all(t in ("FLOAT", "HALF") for t in output_types)
+
+
 def keep_fp32_layers(network, nodes: Sequence[str]) -> int:
     """Set FP32 precision and output types on the layers of ``nodes``; returns how many.
 
@@ -57,13 +63,11 @@ def keep_fp32_layers(network, nodes: Sequence[str]) -> int:
     """
     import tensorrt as trt
 
-    floats = (trt.float32, trt.float16)
     count = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if not layer_matches(layer.name, nodes) or layer.type in (trt.LayerType.SHAPE, trt.LayerType.CONSTANT):
-            continue
-        if not all(layer.get_output(k).dtype in floats for k in range(layer.num_outputs)):
+        outputs = [layer.get_output(k).dtype.name for k in range(layer.num_outputs)]
+        if not layer_matches(layer.name, nodes) or not fp32_constrainable(layer.type.name, outputs):
             continue
         layer.precision = trt.float32
         for k in range(layer.num_outputs):

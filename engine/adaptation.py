@@ -48,7 +48,7 @@ class FastAdaptConfig:
     # one such as "up_blocks.3"); everything before it is frozen. "all": the whole decoder
     # (reference). Measured: training only up_blocks.3 (+ output layers) costs 1/4 of the
     # arithmetic per step (SD-size), up_blocks.2+ 1/2, but every tail-only variant stopped
-    # 7.9-9.7 dB of background PSNR short of the reference on the tiny decoder (pre-trained or not).
+    # 7.4-9.7 dB of background PSNR short of the reference on the tiny decoder (pre-trained or not).
     trainable: str = ALL
     # Frozen head computed once per sample, not once per step (exact; no-op while "all"
     # trains). False recomputes it every step: only costs time, kept to measure caching.
@@ -79,8 +79,8 @@ class FastAdaptConfig:
     # cuDNN's fastest convolutions want; the same arithmetic up to fp32 rounding (after 200
     # steps the tiny decoder's 8-bit images equal the reference's). Measured on the CPU, a
     # small gain: 1.05x per SD-1.5-size sample in adaptation_cpu.md (none with bf16),
-    # 1.07-1.25x per step in adaptation_kernel_cpu.md. Not measured on a GPU, where
-    # tensor-core convolutions want it.
+    # 1.02x per step in adaptation_kernel_cpu.md (1.07-1.25x in earlier runs: within this
+    # shared machine's noise). Not measured on a GPU, where tensor-core convolutions want it.
     channels_last: bool = False
 
     def __post_init__(self) -> None:

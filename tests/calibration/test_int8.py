@@ -101,6 +101,20 @@ def test_precision_map_nodes_select_the_layers_tensorrt_makes_of_them():
     assert not layer_matches("/decoder/up_blocks.3/resnets.0/conv2/Conv", nodes)
 
 
+@pytest.mark.parametrize(
+    "layer_type, outputs, pinned",
+    [("CONVOLUTION", ["FLOAT"], True), ("ELEMENTWISE", ["HALF"], True),
+     ("SHAPE", ["INT64"], False), ("CONSTANT", ["FLOAT"], False),  # shape arithmetic, weights
+     ("GATHER", ["INT64"], False), ("CAST", ["INT32"], False), ("SLICE", ["FLOAT", "BOOL"], False)],
+)
+def test_only_floating_point_compute_layers_are_pinned_to_fp32(layer_type, outputs, pinned):
+    """TensorRT ignores or refuses FP32 on shape and integer layers (and with constraints
+    obeyed fails the build): the precision map's nodes are filtered by these names."""
+    from adabldm_calibration.trt import fp32_constrainable
+
+    assert fp32_constrainable(layer_type, outputs) is pinned
+
+
 @pytest.mark.gpu
 def test_tensorrt_int8_calibrator_over_the_captured_loader(calib_bundle, tmp_path):
     """Needs TensorRT (a GPU machine); skipped elsewhere, never mocked."""

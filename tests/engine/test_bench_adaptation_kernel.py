@@ -50,10 +50,13 @@ def test_short_run_writes_every_kernel(bench, tiny, tmp_path):
     assert ref["speedup"] == 1.0 and ref["image_rel_l2"] == ref["grad_rel_l2"] == 0.0
     assert by_name["fp32, channels-last"]["grad_rel_l2"] < 1e-4  # a layout change: rounding only
     assert 1e-4 < by_name["bf16, NCHW"]["image_rel_l2"] < 0.1  # bf16: visibly coarser, still close
-    assert all(r["step_s"] > 0 for r in rows)
+    assert all(r["step_s"] > 0 and r["params_without_grad"] == 0 for r in rows)
+    rows.append({**rows[-1], "kernel": "lost its backward", "params_without_grad": 3, "step_s": None, "speedup": None})
     record = dict(date="d", machine={"device": "cpu", "cpu": "c", "cores": 2, "torch_threads": 2,
                                      "omp_wait_policy": None, "torch": "t", "diffusers": "d", "python": "p"},
                   reps=1, load_average_start=0.0, load_average_end=0.0, wall_s=1.0, command="x", rows=rows)
     bench.write(tmp_path / "k", record)
-    assert len(json.loads((tmp_path / "k.json").read_text())["rows"]) == len(kernels)
-    assert (tmp_path / "k.md").read_text().count("| tiny |") == len(kernels)
+    assert len(json.loads((tmp_path / "k.json").read_text())["rows"]) == len(kernels) + 1
+    table = (tmp_path / "k.md").read_text()
+    assert table.count("| tiny |") == len(kernels) + 1
+    assert "| lost its backward | not timed | - |" in table and f"| 3 of {rows[0]['params']} |" in table
