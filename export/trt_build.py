@@ -113,14 +113,14 @@ def _timing_cache(config, path: Path | None):
     """Attach the stored timing cache (an empty one if absent, unreadable or not this
     TensorRT/GPU's: it only saves build time, so a bad one is not worth failing for)."""
     data = path.read_bytes() if path is not None and path.is_file() else b""
+    why = "not this TensorRT/GPU's"
     try:
         cache = config.create_timing_cache(data)
         attached = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
     except Exception as exc:  # noqa: BLE001  (TensorRT raises RuntimeError-like errors of its own)
-        log.warning("timing cache %s unreadable (%s)", path, exc)
-        attached = False
+        attached, why = False, f"unreadable: {exc}"
     if not attached:
-        log.warning("timing cache %s does not fit this TensorRT/GPU; starting an empty one", path)
+        log.warning("timing cache %s is %s; starting an empty one", path, why)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 

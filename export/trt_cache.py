@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from adabldm_engine.io import write_bytes, write_json
+
 from .bundle import file_sha256
 from .precision import FP32_FALLBACK, PRECISIONS
 from .specs import NetworkSpec
@@ -200,13 +202,10 @@ class EngineCache:
 
     def write(self, record: dict, plan: bytes) -> Path:
         """Store a plan and then its record (a plan without a record is unfinished)."""
-        self.root.mkdir(parents=True, exist_ok=True)
         path = self.plan_path(record["network"], record["key"])
-        path.write_bytes(plan)
+        write_bytes(path, plan)
         record = {**record, "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan)}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        tmp.replace(self.record_path(record["network"], record["key"]))
+        write_json(self.record_path(record["network"], record["key"]), record)
         return path
 
     def usable(self, network: str, env: Environment, onnx_sha256: Mapping[str, str], redo: str) -> list[dict]:
