@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from adabldm_export.validate import agreement
 from adabldm_ref.adaptation import adaptation_loss
 from adabldm_ref.config import AdaptConfig
 from adabldm_ref.models import build_tiny
@@ -105,10 +106,6 @@ def adaptation_step(vae, h, targets, kernel: Kernel, adapt: AdaptConfig, device:
     return step, first, decode
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 def bench_model(label: str, vae, size: int, device: torch.device, reps: int, kernels: list[Kernel]) -> list[dict]:
     vae = vae.eval().requires_grad_(False)
     h, targets = problem(vae, size)
@@ -125,7 +122,8 @@ def bench_model(label: str, vae, size: int, device: torch.device, reps: int, ker
         # its backward (e.g. autocast across a torch.compile graph break): not the same step.
         lost = sum(1 for g, w in zip(grads, want[1]) if not g.any() and w.any())
         rows.append(dict(model=label, size=size, kernel=k.name, **asdict(k), first_call_s=warm,
-                         image_rel_l2=rel_l2(x, want[0]), grad_rel_l2=rel_l2(flat(grads), flat(want[1])),
+                         image_rel_l2=agreement(x, want[0]).rel_l2,
+                         grad_rel_l2=agreement(flat(grads), flat(want[1])).rel_l2,
                          params=len(grads), params_without_grad=lost, step_s=None, speedup=None))
         if not lost:  # broken kernels are not timed
             steps[k.name] = step
