@@ -403,6 +403,8 @@ def read_precision_map(folder: str | Path) -> dict[str, dict]:
     return data["networks"]
 
 
-def fp16_block_list(folder: str | Path, network: str) -> list[str]:
-    """The ONNX nodes of ``network`` an FP16 build must keep in FP32 ([] without a map)."""
-    return list(read_precision_map(folder).get(network, {}).get("onnx_nodes", []))
+def fp16_block_lists(folder: str | Path, networks) -> dict[str, list[str]]:
+    """{network: ONNX nodes an FP16 build must keep in FP32} of ``networks`` that have any
+    ({} without a map); the map is read once."""
+    entries = read_precision_map(folder)
+    return {name: nodes for name in networks if (nodes := list(entries.get(name, {}).get("onnx_nodes", [])))}

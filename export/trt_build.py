@@ -162,11 +162,11 @@ def check_plan(plan: bytes, spec, profile: EngineProfile, device: str = "cuda"):
 
 
 def precision_map_nodes(bundle_root: Path, names) -> dict[str, list[str]]:
-    """ONNX nodes per network that a calibration precision map keeps in FP32 ({} without one)."""
-    from adabldm_calibration.precision_map import read_precision_map
+    """ONNX nodes per network that the bundle's precision map keeps in FP32 ({} without one)."""
+    from adabldm_calibration.capture import FOLDER
+    from adabldm_calibration.precision_map import fp16_block_lists
 
-    entries = read_precision_map(Path(bundle_root) / "calibration")
-    return {name: nodes for name in names if (nodes := list(entries.get(name, {}).get("onnx_nodes", [])))}
+    return fp16_block_lists(Path(bundle_root) / FOLDER, names)
 
 
 def _build_one(bundle, item: BuildItem, cfg: TrtBuildConfig, env: Environment, cache: EngineCache,

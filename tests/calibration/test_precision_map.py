@@ -13,7 +13,7 @@ from torch import nn
 from adabldm_calibration.capture import FOLDER, load_capture
 from adabldm_calibration.loader import CapturedLoader
 from adabldm_calibration.precision_map import (FP16_MAX, PrecisionConfig, activation_ranges, find_precision_map,
-                                               fp16_block_list, half_copy, map_entry, read_precision_map, rel_l2, run,
+                                               fp16_block_lists, half_copy, map_entry, read_precision_map, rel_l2, run,
                                                write_precision_map)
 from adabldm_calibration.precision_onnx import onnx_block_list
 from adabldm_export.precision import fp16_onnx
@@ -124,5 +124,6 @@ def test_map_is_written_into_and_read_from_the_bundle(tmp_path):
     write_precision_map(tmp_path, {"toy": entry}, PrecisionConfig(candidates=0), "abc")
     back = read_precision_map(tmp_path)
     assert back["toy"]["keep_fp32"][0]["module"] == "block" and back["toy"]["rel_l2_fp16"] == "inf"
-    assert fp16_block_list(tmp_path, "toy") == ["/block/big/Gemm", "/block/norm/LayerNormalization"]
-    assert fp16_block_list(tmp_path, "other") == [] and read_precision_map(tmp_path / "none") == {}
+    blocks = fp16_block_lists(tmp_path, ["toy", "other"])
+    assert blocks["toy"] == ["/block/big/Gemm", "/block/norm/LayerNormalization"]
+    assert blocks.get("other", []) == [] and read_precision_map(tmp_path / "none") == {}
