@@ -170,6 +170,14 @@ def build_tiny(seed: int = 0) -> Models:
     return Models(unet, controlnet, vae, text_encoder, tokenizer, name=TINY).eval_()
 
 
+# The SD-1.5 VAE's architecture (its config.json), for random-weight models of its size.
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
+)
+
+
 def build_random_sd15(seed: int = 0) -> Models:
     """SD-1.5-size networks with seeded random weights (for timing: speed ignores weights).
 
@@ -193,11 +201,7 @@ def build_random_sd15(seed: int = 0) -> Models:
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
-        )
+        vae = AutoencoderKL(**SD15_VAE)
         controlnet = ControlNetModel.from_unet(unet)
         _perturb_controlnet(controlnet, torch.Generator().manual_seed(seed + 1))
     return Models(unet, controlnet, vae, text_encoder, tokenizer, name="random-sd15").eval_()

@@ -48,7 +48,7 @@ from adabldm_engine.adaptation import (
 )
 from adabldm_ref.adaptation import adapt_decoder
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.models import build_tiny
+from adabldm_ref.models import SD15_VAE, build_tiny
 from adabldm_ref.pipeline import AdaBLDM, OkImage, ProceduralMasks, plan_sample, prepare_ok_image, to_tensor, to_uint8
 from adabldm_ref.quality import masked_psnr
 
@@ -166,11 +166,7 @@ def sd_size_vae(seed: int = 0) -> diffusers.AutoencoderKL:
     """The SD-1.5 VAE architecture with seeded random weights (speed does not depend on them)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae = diffusers.AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4, norm_num_groups=32,
-        )
+        vae = diffusers.AutoencoderKL(**SD15_VAE)
     return vae.eval().requires_grad_(False)
 
 
@@ -270,7 +266,7 @@ def is_exact(fast: FastAdaptConfig) -> bool:
 
 def same_computation(a: FastAdaptConfig, b: FastAdaptConfig) -> bool:
     """Equal options, cache_frozen aside where it has nothing to cache (all trains)."""
-    norm = lambda f: f.replace(cache_frozen=False) if f.trainable == "all" else f  # noqa: E731
+    norm = lambda f: f.replace(cache_frozen=f.caches_head)  # noqa: E731
     return norm(a) == norm(b)
 
 
@@ -288,8 +284,7 @@ def costs(rows: list[Row], vae, batch, scale: float, k: int, device, label: str)
     out = []
     for row in rows:
         fast = as_config(row)
-        cached = fast.cache_frozen and fast.trainable != "all"  # nothing to cache when all trains
-        key = (fast.trainable, cached, fast.batching, fast.precision, fast.channels_last)
+        key = (fast.trainable, fast.caches_head, fast.batching, fast.precision, fast.channels_last)
         if key not in kernels:
             kernels[key] = time_kernel(vae, fast, batch, scale, k + 1, device)
             print(f"  {label:5s} {str(key):50s} fixed {kernels[key][0]:6.2f} s, step {kernels[key][1]:6.2f} s"

@@ -105,6 +105,11 @@ class FastAdaptConfig:
             batching="loop", precision="fp32", channels_last=False,
         )
 
+    @property
+    def caches_head(self) -> bool:
+        """Whether a frozen head is computed once: cache_frozen has nothing to cache while all trains."""
+        return self.cache_frozen and self.trainable != ALL
+
     def replace(self, **changes) -> "FastAdaptConfig":
         return dataclasses.replace(self, **changes)
 

@@ -451,7 +451,7 @@ def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
     engines = bundle_engines(bundle, cfg.backend, device, models)  # checks the models' identity
     vae = bundle.adapt_vae().to(device)
     args = (engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device, fast)
-    if torch.device(device).type == "cuda" and cfg.cuda_graphs:  # static-buffer step, graphed if the backend allows
+    if on_gpu and cfg.cuda_graphs:  # static-buffer step, graphed if the backend allows
         return GraphedEnginePipeline(*args), bundle.identity
     return EnginePipeline(*args), bundle.identity
 

@@ -21,9 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from adabldm_engine.io import write_bytes, write_json
+from adabldm_engine.io import file_sha256, write_bytes, write_json
 
-from .bundle import file_sha256
 from .precision import FP32_FALLBACK, PRECISIONS
 from .specs import NetworkSpec
 
