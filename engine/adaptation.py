@@ -23,6 +23,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.optim.adamw import adamw
 
 from adabldm_ref.adaptation import adaptation_loss
 from adabldm_ref.config import AdaptConfig
@@ -225,7 +226,7 @@ def per_sample_loss(x, x_fg, x_ok, mask, preservation: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# AdamW over stacked parameters (torch.optim.AdamW's single-tensor arithmetic, per element)
+# AdamW over stacked parameters (torch.optim.AdamW's own update function, per element)
 
 
 def adamw_init(params: Params) -> dict[str, Params]:
@@ -236,17 +237,21 @@ def adamw_init(params: Params) -> dict[str, Params]:
 @torch.no_grad()
 def adamw_step(params: Params, state: dict[str, Params], step: int, lr: float, wd: float,
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-    """One decoupled-weight-decay Adam update (Loshchilov & Hutter 2019), in place; step >= 1."""
-    b1, b2 = betas
-    step_size = lr / (1 - b1**step)
-    bc2_sqrt = (1 - b2**step) ** 0.5
-    for k, p in params.items():
-        g, m, v = p.grad, state["m"][k], state["v"][k]
-        p.mul_(1 - lr * wd)
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(eps), value=-step_size)
-        p.grad = None
+    """One decoupled-weight-decay Adam update (Loshchilov & Hutter 2019), in place; step >= 1.
+
+    torch.optim.AdamW's functional form with its default implementation choice, as the
+    reference's optimizer makes it: per tensor on the CPU (bit for bit), foreach kernels on
+    CUDA. Every active sample is at the same step, so the step count is not state here.
+    """
+    names = list(params)
+    adamw(
+        [params[k] for k in names], [params[k].grad for k in names],
+        [state["m"][k] for k in names], [state["v"][k] for k in names], [],
+        [torch.tensor(float(step - 1)) for _ in names],  # adamw counts each one up to `step`
+        amsgrad=False, beta1=betas[0], beta2=betas[1], lr=lr, weight_decay=wd, eps=eps, maximize=False,
+    )
+    for k in names:
+        params[k].grad = None
 
 
 # ---------------------------------------------------------------------------------------
