@@ -7,6 +7,10 @@ import os
 # steps 5-25x slower. Read when torch first starts OpenMP, so set before importing it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -34,3 +38,25 @@ def textures():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def load_benchmark():
+    """``load_benchmark("bench_gpu")``: benchmarks/bench_gpu.py as a module, for this test
+    module (the scripts import their siblings, so their folder is on sys.path meanwhile)."""
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    loaded = []
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(folder) / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
+        loaded.append(name)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
+    sys.path.remove(folder)

@@ -3,27 +3,15 @@ loop's step, the other eager kernels stay within rounding of it, and a short run
 full table."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling benchmarks
-    spec = importlib.util.spec_from_file_location("bench_adaptation_kernel", BENCH / "bench_adaptation_kernel.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
-    sys.path.remove(str(BENCH))
+def bench(load_benchmark):
+    return load_benchmark("bench_adaptation_kernel")
 
 
 def test_reference_kernel_takes_the_reference_loops_steps(bench, tiny):

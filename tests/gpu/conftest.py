@@ -37,3 +37,13 @@ def tensorrt(cuda):
     import tensorrt as trt
 
     return trt
+
+
+@pytest.fixture(scope="session")
+def small_textures():
+    """64 px brick and gravel OK images: the GPU tier's pipelines run at the tiny model's 64 px."""
+    from skimage import data
+
+    from adabldm_ref.pipeline import OkImage, prepare_ok_image
+
+    return [OkImage("brick", prepare_ok_image(data.brick(), 64)), OkImage("gravel", prepare_ok_image(data.gravel(), 64))]

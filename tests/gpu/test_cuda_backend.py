@@ -110,18 +110,16 @@ def test_bundle_dispatch_gives_graph_safe_fp16_engines(tmp_path, tiny, cuda):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
-def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, cuda, compile):
+def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, small_textures, cuda, compile):
     """End-to-end: 8 steps, every stage, CUDA-graph replays of the FP16 step vs the fp32
     reference on the CPU; final images (decoded z*) agree to FP16 accuracy."""
-    from skimage import data
-
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_engine.runtime import EnginePipeline
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-    from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
+    from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
-    oks = [OkImage("brick", prepare_ok_image(data.brick(), 64))]
+    oks = small_textures[:1]  # brick
     plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in range(2)]
     ref = EnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
     gpu = GraphedEnginePipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(compile=compile), cuda),
@@ -134,19 +132,17 @@ def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, cuda, com
     assert psnr > 35.0, float(psnr)
 
 
-def test_static_loop_over_reduced_precision_engines_on_cpu(tiny):
+def test_static_loop_over_reduced_precision_engines_on_cpu(tiny, small_textures):
     """The GPU path's composition without a GPU: the static-buffer loop (no graph on the
     CPU) over bf16 TorchCudaBackends, two batches through one runner; images (decoded z*)
     close to the fp32 reference's."""
-    from skimage import data
-
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_engine.runtime import EnginePipeline
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-    from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
+    from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
-    oks = [OkImage("brick", prepare_ok_image(data.brick(), 64))]
+    oks = small_textures[:1]  # brick
     ref = EnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
     fast = GraphedEnginePipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), "cpu"),
                                  tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)

@@ -10,7 +10,7 @@ from adabldm_engine.runtime import EnginePipeline, torch_engines
 from adabldm_engine.step import ddim_blend_step, ddim_table, renoise_index
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import make_scheduler
-from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
+from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 from adabldm_ref.sampler import renoise_timestep
 
 
@@ -77,13 +77,6 @@ def test_capture_needs_cuda_tensors():
     table = ddim_table(make_scheduler(), 4)
     with pytest.raises(ValueError, match="CUDA-graph capture needs CUDA tensors"):
         StepRunner(toy_eps, table, torch.zeros(1, 4, 8, 8), torch.ones(1, 1, 8, 8), graph=True)
-
-
-@pytest.fixture(scope="module")
-def small_textures():
-    from skimage import data
-
-    return [OkImage("brick", prepare_ok_image(data.brick(), 64)), OkImage("gravel", prepare_ok_image(data.gravel(), 64))]
 
 
 def _pipelines(tiny, steps, renoise="next", device="cpu"):

@@ -129,18 +129,16 @@ def test_per_engine_parity_with_pytorch_fp32(trt_bundle, tiny, batch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("graphs", [False, True])
-def test_end_to_end_images_match_the_reference(trt_bundle, tiny, tmp_path, graphs):
-    from skimage import data
-
+def test_end_to_end_images_match_the_reference(trt_bundle, tiny, small_textures, tmp_path, graphs):
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_engine.runtime import EnginePipeline, bundle_engines, torch_engines
     from adabldm_export.bundle import Bundle
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-    from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
+    from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
     bundle = Bundle.open(trt_bundle[0])
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=2))
-    oks = [OkImage("brick", prepare_ok_image(data.brick(), 64))]
+    oks = small_textures[:1]  # brick
     plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in range(2)]
     ref = EnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg).run(plans)
     cls = GraphedEnginePipeline if graphs else EnginePipeline
