@@ -555,19 +555,12 @@ def meta(cfg: BenchConfig, device: torch.device, ctx: Context | None, argv: Sequ
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU)"
     return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "gpu": gpu,
-            "cuda": torch.version.cuda, "platform": platform.platform(), "versions": _versions(tool_versions()),
+            "cuda": torch.version.cuda, "platform": platform.platform(), "versions": tool_versions(),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
             "flops_per_row_tflop": {k: v / 1e12 for k, v in ctx.flops.items()} if ctx else {},
             "floor_tflop_of_issue": FLOOR_TFLOP, "peak_tflops_fp16_matmul": ctx.peak if ctx else None,
             "reference_flags": "PyTorch defaults (cuDNN TF32 on, matmul TF32 off); parity against TF32-off fp32",
             "command": "python benchmarks/bench_gpu.py " + " ".join(argv)}
-
-
-def _versions(base: dict) -> dict:
-    for name in ("tensorrt", "onnxruntime"):
-        with contextlib.suppress(ImportError):
-            base[name] = __import__(name).__version__
-    return base
 
 
 def run(cfg: BenchConfig, argv: Sequence[str] = (), log: Callable[[str], None] = print) -> tuple[list[dict], dict]:

@@ -69,12 +69,11 @@ def tool_versions() -> dict[str, str]:
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "onnx": onnx.__version__,
                 "python": platform.python_version()}
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for name in ("onnxruntime", "tensorrt"):  # optional runtimes, where installed
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
     return versions
 
 
