@@ -29,6 +29,8 @@ class EngineFile:
     path: Path
     profile: EngineProfile
     sha256: str | None = None  # checked when the plan is loaded (None: not checked)
+    # The plan itself, when it is in memory (a fresh build being checked): not read from path.
+    plan: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -91,7 +93,7 @@ class TrtBackend(Backend):
 
     def _engine(self, file: EngineFile):
         if file.path not in self._engines:
-            data = file.path.read_bytes()
+            data = file.plan if file.plan is not None else file.path.read_bytes()
             if file.sha256 is not None and hashlib.sha256(data).hexdigest() != file.sha256:
                 raise StaleEngineError(f"{file.path} changed since it was built (sha256 differs from its record);"
                                        " rebuild: adabldm-export --trt --force --out BUNDLE")

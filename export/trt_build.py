@@ -11,7 +11,6 @@ lazily, so the CLI and every CPU path work without it.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -151,14 +150,11 @@ def check_plan(plan: bytes, spec, profile: EngineProfile, device: str = "cuda"):
     """Run a plan once on seeded inputs at the profile's opt batch; its FiniteCheck."""
     from adabldm_engine.trt_backend import EngineFile, TrtBackend
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "check.plan"
-        path.write_bytes(plan)
-        backend = TrtBackend(spec, [EngineFile(path, profile)], device)
-        try:
-            return probe_finite(backend, profile.opt, device, vocab=CHECK_VOCAB)
-        finally:
-            backend.deactivate()
+    backend = TrtBackend(spec, [EngineFile(Path(f"<new {spec.name} plan>"), profile, plan=plan)], device)
+    try:
+        return probe_finite(backend, profile.opt, device, vocab=CHECK_VOCAB)
+    finally:
+        backend.deactivate()
 
 
 def precision_map_nodes(bundle_root: Path, names) -> dict[str, list[str]]:
