@@ -112,8 +112,10 @@ class Row:
 # Inputs and models
 
 
-def pretrain_vae(vae, steps: int, seed: int = 0, crop: int = 128, batch: int = 4, lr: float = 1e-3) -> list[float]:
-    """Train the tiny VAE briefly as an autoencoder on the scikit-image textures (seeded).
+def pretrain_vae(vae, imgs: torch.Tensor, steps: int, seed: int = 0, crop: int = 128, batch: int = 4,
+                 lr: float = 1e-3) -> list[float]:
+    """Train the tiny VAE briefly as an autoencoder on ``imgs`` (N, 3, 256, 256) in [-1, 1],
+    the scikit-image textures (seeded).
 
     A random decoder does not decode: adapting it is training a decoder from scratch, a
     poor stand-in for adapting SD-1.5's trained one (which already reconstructs the OK
@@ -121,9 +123,6 @@ def pretrain_vae(vae, steps: int, seed: int = 0, crop: int = 128, batch: int = 4
     31 dB and gravel/grass at about 20 dB PSNR, like a real VAE on fine texture: imperfect,
     the gap adaptation closes. Returns the reconstruction PSNR (dB) per texture.
     """
-    from skimage import data
-
-    imgs = torch.cat([to_tensor(prepare_ok_image(getattr(data, k)(), 256)) for k in ("brick", "gravel", "grass")])
     g = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
@@ -150,11 +149,12 @@ def make_inputs(n: int, device: torch.device, pretrain_steps: int):
     from skimage import data
 
     models = build_tiny()
-    recon = pretrain_vae(models.vae, pretrain_steps) if pretrain_steps else []
+    oks = [OkImage(k, prepare_ok_image(getattr(data, k)(), 256)) for k in ("brick", "gravel", "grass")]
+    textures = torch.cat([to_tensor(ok.rgb) for ok in oks])
+    recon = pretrain_vae(models.vae, textures, pretrain_steps) if pretrain_steps else []
     cfg = GenerationConfig(sampler=SamplerConfig(steps=10), adapt=AdaptConfig(iters=0))
-    oks = [OkImage(k, prepare_ok_image(getattr(data, k)(), 256)) for k in ("brick", "gravel")]
     pipe = AdaBLDM(models, cfg)
-    plans = [plan_sample(i, cfg, oks, ProceduralMasks()) for i in range(n)]
+    plans = [plan_sample(i, cfg, oks[:2], ProceduralMasks()) for i in range(n)]  # brick and gravel
     z, x_ok, mask = pipe.diffuse(plans)
     with torch.no_grad():
         x_fg = pipe.codec.decode(z)
