@@ -30,11 +30,13 @@ from pathlib import Path
 
 import torch
 
+from adabldm_export.bundle import tool_versions
 from adabldm_export.validate import agreement
 from adabldm_ref.adaptation import adaptation_loss
 from adabldm_ref.config import AdaptConfig
 from adabldm_ref.models import build_tiny
 from bench_adaptation import machine, sd_size_vae
+from bench_onnxruntime import header_lines, write_report
 from bench_gpu import interleaved
 
 RESULTS = Path(__file__).parent / "results"
@@ -158,7 +160,8 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         rows = bench_model("tiny", build_tiny().vae, 64, device, args.reps * 3, kernels)
         rows += bench_model("SD-1.5-size", sd_size_vae(), 256, device, args.reps, kernels)
-    record = dict(date=started.isoformat(timespec="seconds"), machine=machine(device), reps=args.reps,
+    record = dict(date=started.isoformat(timespec="seconds"), machine=machine(device), versions=tool_versions(),
+                  reps=args.reps,
                   load_average_start=load0, load_average_end=os.getloadavg()[0], wall_s=time.perf_counter() - t0,
                   command="python benchmarks/bench_adaptation_kernel.py" + "".join(
                       f" --{k.replace('_', '-')} {v}" for k, v in (("device", args.device), ("reps", args.reps)))
@@ -172,11 +175,8 @@ def write(stem: Path, record: dict) -> None:
     m = record["machine"]
     lines = [
         f"# One adaptation step: precision x layout x torch.compile ({m['device']})", "",
-        f"- date: {record['date']}",
-        f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads,"
-        f" OMP_WAIT_POLICY={m['omp_wait_policy']}){', ' + m['gpu'] if 'gpu' in m else ''}",
-        f"- versions: torch {m['torch']}, diffusers {m['diffusers']}, Python {m['python']}",
-        f"- command: `{record['command']}`",
+        *header_lines(record),
+        f"- device: {m.get('gpu', m['device'])}; OMP_WAIT_POLICY={m['omp_wait_policy']}",
         f"- load average at start {record['load_average_start']:.2f}, at end {record['load_average_end']:.2f};"
         f" run took {record['wall_s']:.0f} s. Steps timed round-robin, median of"
         f" {record['reps']} (SD-size) / {3 * record['reps']} (tiny); wall seconds.",
@@ -194,8 +194,7 @@ def write(stem: Path, record: dict) -> None:
         step = f"{r['step_s']:.3f} | {r['speedup']:.2f}x" if timed else "not timed | -"
         lines.append(f"| {r['model']} | {r['kernel']} | {step} | {r['first_call_s']:.1f} | {r['image_rel_l2']:.1e}"
                      f" | {r['grad_rel_l2']:.1e} | {r['params_without_grad']} of {r['params']} |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(stem.with_suffix(".md"), lines)
 
 
 if __name__ == "__main__":

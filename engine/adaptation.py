@@ -80,8 +80,8 @@ class FastAdaptConfig:
     # cuDNN's fastest convolutions want; the same arithmetic up to fp32 rounding (after 200
     # steps the tiny decoder's 8-bit images equal the reference's). Measured on the CPU, a
     # small gain: 1.05x per SD-1.5-size sample in adaptation_cpu.md (none with bf16),
-    # 1.02x per step in adaptation_kernel_cpu.md (1.07-1.25x in earlier runs: within this
-    # shared machine's noise). Not measured on a GPU, where tensor-core convolutions want it.
+    # 1.22x per step in adaptation_kernel_cpu.md (1.11x and 1.02x in its earlier committed
+    # runs: this shared machine's noise). Not measured on a GPU, where tensor-core convolutions want it.
     channels_last: bool = False
 
     def __post_init__(self) -> None:

@@ -42,6 +42,7 @@ def test_short_run_writes_every_kernel(bench, tiny, tmp_path):
     rows.append({**rows[-1], "kernel": "lost its backward", "params_without_grad": 3, "step_s": None, "speedup": None})
     record = dict(date="d", machine={"device": "cpu", "cpu": "c", "cores": 2, "torch_threads": 2,
                                      "omp_wait_policy": None, "torch": "t", "diffusers": "d", "python": "p"},
+                  versions={"torch": "t"},
                   reps=1, load_average_start=0.0, load_average_end=0.0, wall_s=1.0, command="x", rows=rows)
     bench.write(tmp_path / "k", record)
     assert len(json.loads((tmp_path / "k.json").read_text())["rows"]) == len(kernels) + 1
