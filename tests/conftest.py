@@ -1,4 +1,7 @@
-"""Shared fixtures: the tiny model is built once per session (it is seeded, so identical)."""
+"""Shared fixtures: the tiny model is built once per session (it is seeded, so identical).
+
+Tests that need CUDA (and some TensorRT) are marked ``gpu`` and skip without it, through
+the ``cuda`` and ``tensorrt`` fixtures here; they live beside the CPU tests of their module."""
 from __future__ import annotations
 
 import os
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adabldm_export.bundle import ExportConfig, export_bundle
 
 from adabldm_ref.models import build_tiny
 from adabldm_ref.pipeline import OkImage, prepare_ok_image
@@ -33,6 +37,55 @@ def textures():
         OkImage("brick", prepare_ok_image(data.brick(), 256)),
         OkImage("gravel", prepare_ok_image(data.gravel(), 256)),
     ]
+
+
+@pytest.fixture(scope="session")
+def small_textures():
+    """64 px brick and gravel OK images: the GPU tests' pipelines run at the tiny model's 64 px."""
+    from skimage import data
+
+    return [OkImage("brick", prepare_ok_image(data.brick(), 64)), OkImage("gravel", prepare_ok_image(data.gravel(), 64))]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny, tmp_path_factory):
+    """The tiny model exported once for the whole session (batch sizes 1 and 4)."""
+    out = tmp_path_factory.mktemp("bundle")
+    export_bundle(tiny, ExportConfig(out=out, batch_sizes=(1, 4), capture_steps=6, force=True))
+    return out
+
+
+def has_tensorrt() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+@pytest.fixture
+def cuda():
+    """The CUDA device; skips the test where there is none."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    return torch.device("cuda")
+
+
+@pytest.fixture
+def tensorrt(cuda):
+    """The tensorrt module on a CUDA machine; skips the test otherwise."""
+    if not has_tensorrt():
+        pytest.skip("needs the tensorrt package")
+    import tensorrt as trt
+
+    return trt
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny model gains nothing from threads on a shared 2-core machine (modules use it
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; tests/engine's
+    conftest applies its own to every test there)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture

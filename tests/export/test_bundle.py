@@ -3,19 +3,15 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-
-from adabldm_engine.backends import BackendError, OrtBackend, TorchBackend
+from adabldm_engine.bundle import MANIFEST, Bundle, BundleError
 from adabldm_engine.runtime import EnginePipeline, bundle_engines
-from adabldm_export.bundle import MANIFEST, Bundle, BundleError, ExportConfig, export_bundle
-from adabldm_export.specs import network_modules, random_inputs
-from adabldm_export.validate import ExportValidationError, agreement
-from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
+from adabldm_export.bundle import ExportConfig, export_bundle
+from adabldm_export.validate import ExportValidationError
+
+from adabldm_ref.config import GenerationConfig
 from adabldm_ref.models import build_tiny
-from adabldm_ref.pipeline import AdaBLDM, ProceduralMasks, plan_sample
-from adabldm_ref.quality import masked_psnr
 
 NETWORKS = ("text_encoder", "vae_encoder", "vae_decoder", "unet_control")
 
@@ -34,64 +30,6 @@ def test_manifest_describes_every_network(bundle_dir, tiny):
         assert entry["validation"]["passed"] and entry["opset"] == 17
     report = json.loads((bundle_dir / "validation.json").read_text())
     assert set(report) == set(NETWORKS)
-
-
-@pytest.mark.parametrize("name", NETWORKS)
-def test_each_graph_matches_its_module_on_fresh_inputs(bundle_dir, tiny, name):
-    bundle = Bundle.open(bundle_dir)
-    spec = bundle.spec(name)
-    ort, ref = OrtBackend(spec, bundle.graph(name)), TorchBackend(spec, network_modules(tiny)[name]())
-    for batch in (1, 3, 4):  # 3: inside the dynamic range, never seen at export
-        feed = random_inputs(spec, batch, torch.Generator().manual_seed(100 + batch), vocab=514)
-        expected = {k: v.clone() for k, v in ref.infer(feed).items()}
-        got = ort.infer(feed)
-        for out, r in expected.items():
-            a = agreement(got[out], r)
-            assert a.rel_l2 < 1e-4, (name, batch, out, a)
-
-
-def test_dynamic_batch_gives_the_same_per_sample_results(bundle_dir):
-    bundle = Bundle.open(bundle_dir)
-    spec = bundle.spec("unet_control")
-    ort = OrtBackend(spec, bundle.graph("unet_control"))
-    feed4 = random_inputs(spec, 4, torch.Generator().manual_seed(5), vocab=514)
-    out4 = ort.infer(feed4)["eps"].clone()
-    rows = [1, 5]  # sample 1 of the uncond and cond halves
-    feed1 = {k: (v[rows] if v.ndim and v.shape[0] == 8 else v) for k, v in feed4.items()}
-    out1 = ort.infer(feed1)["eps"]
-    assert agreement(out1, out4[rows]).rel_l2 < 1e-5
-
-
-def test_backend_checks_names_shapes_and_dtypes_at_the_boundary(bundle_dir):
-    bundle = Bundle.open(bundle_dir)
-    spec = bundle.spec("vae_decoder")
-    ort = OrtBackend(spec, bundle.graph("vae_decoder"))
-    with pytest.raises(BackendError, match=r"vae_decoder.latent: shape \(1, 4, 16, 16\), expected \(1, 4, 32, 32\)"):
-        ort.infer({"latent": torch.zeros(1, 4, 16, 16)})
-    with pytest.raises(BackendError, match="dtype torch.float16, expected float32"):
-        ort.infer({"latent": torch.zeros(1, 4, 32, 32, dtype=torch.float16)})
-    with pytest.raises(BackendError, match=r"missing inputs \['latent'\], unexpected \['z'\]"):
-        ort.infer({"z": torch.zeros(1, 4, 32, 32)})
-
-
-@pytest.fixture(scope="module")
-def parity_samples(bundle_dir, tiny, textures):
-    cfg = GenerationConfig(sampler=SamplerConfig(steps=10), adapt=AdaptConfig(iters=5))
-    bundle = Bundle.open(bundle_dir)
-    engines = bundle_engines(bundle, "onnxruntime")
-    pipe = EnginePipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], cfg)
-    plans = [plan_sample(i, cfg, textures, ProceduralMasks()) for i in range(2)]
-    return AdaBLDM(tiny, cfg).run(plans), pipe.run(plans)
-
-
-def test_onnxruntime_pipeline_matches_the_reference_end_to_end(parity_samples):
-    ref, ort = parity_samples
-    for r, o in zip(ref, ort):
-        full = np.ones(r.image.shape[:2], bool)
-        psnr = masked_psnr(o.image, r.image, full)
-        print(f"sample {r.plan.index}: PSNR onnxruntime vs reference {psnr:.1f} dB")
-        assert psnr >= 40.0
-        assert np.array_equal(o.plan.mask, r.plan.mask)
 
 
 def test_tampered_or_unfinished_bundles_are_refused(bundle_dir, tmp_path):

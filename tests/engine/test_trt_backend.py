@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-
 from adabldm_engine.backends import BackendError
 from adabldm_engine.trt_backend import EngineFile, TrtBackend
-from adabldm_export.trt_cache import EngineProfile, StaleEngineError
+from adabldm_engine.trt_cache import EngineProfile, StaleEngineError
+from click.testing import CliRunner
 
-from .conftest import has_tensorrt
+from ..conftest import has_tensorrt
 
 no_tensorrt = pytest.mark.skipif(has_tensorrt(), reason="checks the refusal where tensorrt is missing")
 
@@ -26,7 +25,7 @@ def _file(lo, hi, name="x"):
 
 @pytest.fixture(scope="module")
 def latent_spec(tiny):
-    from adabldm_export.specs import network_specs
+    from adabldm_ref.networks import network_specs
 
     return network_specs(tiny, 64)["vae_decoder"]
 
@@ -90,9 +89,9 @@ def trt_bundle(tiny, tmp_path_factory):
     """The tiny model exported at 64 px (batches 1, 2) with its FP16 TensorRT engines."""
     if not (torch.cuda.is_available() and has_tensorrt()):
         pytest.skip("needs CUDA and the tensorrt package")
+    from adabldm_engine.trt_cache import TrtBuildConfig
     from adabldm_export.bundle import ExportConfig, export_bundle
     from adabldm_export.trt_build import build_bundle_engines
-    from adabldm_export.trt_cache import TrtBuildConfig
 
     out = tmp_path_factory.mktemp("trt_bundle")
     export_bundle(tiny, ExportConfig(out=out, resolution=64, batch_sizes=(1, 2), capture_steps=4, force=True))
@@ -112,9 +111,9 @@ def test_fp16_engines_were_built_for_every_network_and_batch(trt_bundle):
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 2])
 def test_per_engine_parity_with_pytorch_fp32(trt_bundle, tiny, batch):
+    from adabldm_core.specs import random_inputs
+    from adabldm_engine.bundle import Bundle
     from adabldm_engine.runtime import bundle_engines, torch_engines
-    from adabldm_export.bundle import Bundle
-    from adabldm_export.specs import random_inputs
     from adabldm_export.validate import agreement
 
     engines = bundle_engines(Bundle.open(trt_bundle[0]), "tensorrt", device="cuda")
@@ -130,9 +129,10 @@ def test_per_engine_parity_with_pytorch_fp32(trt_bundle, tiny, batch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("graphs", [False, True])
 def test_end_to_end_images_match_the_reference(trt_bundle, tiny, small_textures, tmp_path, graphs):
+    from adabldm_engine.bundle import Bundle
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_engine.runtime import EnginePipeline, bundle_engines, torch_engines
-    from adabldm_export.bundle import Bundle
+
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
     from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
@@ -153,8 +153,8 @@ def test_end_to_end_images_match_the_reference(trt_bundle, tiny, small_textures,
 
 @pytest.mark.gpu
 def test_second_build_is_served_from_the_cache(trt_bundle):
+    from adabldm_engine.trt_cache import TrtBuildConfig
     from adabldm_export.trt_build import build_bundle_engines
-    from adabldm_export.trt_cache import TrtBuildConfig
 
     again = build_bundle_engines(trt_bundle[0], TrtBuildConfig(opt_level=2))
     assert all(r["cached"] for r in again)
@@ -163,8 +163,8 @@ def test_second_build_is_served_from_the_cache(trt_bundle):
 
 @pytest.mark.gpu
 def test_stale_or_modified_engines_are_refused(trt_bundle, tmp_path):
+    from adabldm_engine.bundle import Bundle
     from adabldm_engine.runtime import bundle_engines
-    from adabldm_export.bundle import Bundle
 
     copy = tmp_path / "bundle"
     shutil.copytree(trt_bundle[0], copy)
@@ -190,9 +190,9 @@ def test_onnxruntime_cuda_parity(trt_bundle, tiny):
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("needs onnxruntime-gpu")
+    from adabldm_core.specs import random_inputs
+    from adabldm_engine.bundle import Bundle
     from adabldm_engine.runtime import bundle_engines, torch_engines
-    from adabldm_export.bundle import Bundle
-    from adabldm_export.specs import random_inputs
     from adabldm_export.validate import agreement
 
     engines = bundle_engines(Bundle.open(trt_bundle[0]), "onnxruntime", device="cuda")

@@ -6,11 +6,14 @@ import copy
 
 import pytest
 import torch
-
+from adabldm_core.specs import random_inputs
 from adabldm_engine.backends import BackendError
-from adabldm_engine.cuda_backend import TorchCudaBackend, TorchCudaConfig, torch_cuda_engines
+from adabldm_engine.cuda_backend import (
+    TorchCudaBackend,
+    TorchCudaConfig,
+    torch_cuda_engines,
+)
 from adabldm_engine.runtime import bundle_engines, torch_engines
-from adabldm_export.specs import random_inputs
 from adabldm_export.validate import agreement
 
 NETWORKS = ("text_encoder", "vae_encoder", "vae_decoder", "unet_control")
@@ -79,8 +82,9 @@ def test_vae_that_overflows_in_fp16_falls_back_to_fp32(tiny):
 
 def _bundle_stub(tmp_path, tiny):
     """A Bundle object over a manifest naming the tiny model (no files: dispatch only)."""
-    from adabldm_export.bundle import Bundle
-    from adabldm_export.specs import network_specs
+    from adabldm_engine.bundle import Bundle
+
+    from adabldm_ref.networks import network_specs
 
     nets = {n: {**s.to_dict(), "file": f"onnx/{n}.onnx", "sha256": {f"onnx/{n}.onnx": "0" * 64}}
             for n, s in network_specs(tiny, 64).items()}
@@ -115,6 +119,7 @@ def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, small_tex
     reference on the CPU; final images (decoded z*) agree to FP16 accuracy."""
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_engine.runtime import EnginePipeline
+
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
     from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
@@ -138,6 +143,7 @@ def test_static_loop_over_reduced_precision_engines_on_cpu(tiny, small_textures)
     close to the fp32 reference's."""
     from adabldm_engine.graphed import GraphedEnginePipeline
     from adabldm_engine.runtime import EnginePipeline
+
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
     from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 

@@ -5,8 +5,7 @@ import dataclasses
 import json
 
 import pytest
-
-from adabldm_export.trt_cache import (
+from adabldm_engine.trt_cache import (
     EngineCache,
     EngineProfile,
     Environment,
@@ -25,7 +24,7 @@ SHA = {"onnx/unet_control.onnx": "a" * 64}
 
 @pytest.fixture(scope="module")
 def specs(tiny):
-    from adabldm_export.specs import network_specs
+    from adabldm_ref.networks import network_specs
 
     return network_specs(tiny, 256)
 

@@ -5,8 +5,7 @@ import math
 
 import pytest
 import torch
-
-from adabldm_export.precision import (
+from adabldm_core.precision import (
     FP16_MAX,
     FiniteCheck,
     PrecisionError,
@@ -15,6 +14,8 @@ from adabldm_export.precision import (
     fp16_onnx,
     graph_float_types,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_finite_check_counts_nonfinite_and_largest_magnitude():
@@ -63,7 +64,8 @@ def test_fallback_reason_and_refusal_name_the_values():
 @pytest.fixture(scope="module")
 def tiny_graphs(tiny, tmp_path_factory):
     from adabldm_export.onnx_export import export_onnx
-    from adabldm_export.specs import network_modules, network_specs
+
+    from adabldm_ref.networks import network_modules, network_specs
 
     out = tmp_path_factory.mktemp("graphs")
     specs, modules = network_specs(tiny, 64), network_modules(tiny)
@@ -72,8 +74,8 @@ def tiny_graphs(tiny, tmp_path_factory):
 
 
 def _parity(spec, module, path, batch=2):
+    from adabldm_core.specs import random_inputs
     from adabldm_engine.backends import OrtBackend, TorchBackend
-    from adabldm_export.specs import random_inputs
     from adabldm_export.validate import agreement
 
     feed = random_inputs(spec, batch, torch.Generator().manual_seed(3), vocab=514)

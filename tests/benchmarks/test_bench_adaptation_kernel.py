@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def bench(load_benchmark):
