@@ -30,6 +30,9 @@ class Placement:
     angle: float
     scale: float
     tries: int
+    # True when the rotated/scaled defect kept no pixel >= the threshold (a thin scratch
+    # scaled down) and was resampled to keep every pixel it touches instead.
+    thin_resampled: bool = False
 
 
 def resize_gray(mask: np.ndarray, size: int, resample=Image.BILINEAR) -> np.ndarray:
@@ -39,10 +42,18 @@ def resize_gray(mask: np.ndarray, size: int, resample=Image.BILINEAR) -> np.ndar
     return np.asarray(Image.fromarray(mask).resize((size, size), resample))
 
 
-def foreground_mask(gray: np.ndarray, mode: str = "full") -> np.ndarray:
+# Otsu components smaller than this fraction of the image are specks of lit background,
+# not objects (a 256 px image: 327 px, about 18 x 18).
+FOREGROUND_MIN_AREA = 0.005
+_EIGHT = np.ones((3, 3), dtype=bool)  # 8-connected components
+
+
+def foreground_mask(gray: np.ndarray, mode: str = "full", min_area: float = FOREGROUND_MIN_AREA) -> np.ndarray:
     """Object mask F of a uint8 (H, W) image: whole image (texture) or Otsu + 5x5 close.
 
     Otsu splits the image in two; the object is the class that touches the border less.
+    Its components smaller than ``min_area`` (a fraction of the image) are dropped, the
+    largest one always kept.
     """
     if mode == "full":
         return np.ones(gray.shape, dtype=bool)
@@ -56,7 +67,52 @@ def foreground_mask(gray: np.ndarray, mode: str = "full") -> np.ndarray:
     fg = ndimage.binary_closing(fg, structure=np.ones((5, 5)), border_value=0) | fg
     if not fg.any():
         raise PlacementError("Otsu foreground is empty: supply a foreground mask or use 'full'")
+    labels, n = ndimage.label(fg, structure=_EIGHT)
+    if n > 1 and min_area > 0:
+        areas = np.bincount(labels.ravel())[1:]
+        keep = (areas >= min_area * fg.size) | (areas == areas.max())
+        fg = np.concatenate([[False], keep])[labels]
     return fg
+
+
+def component_sides(foreground: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(sides, areas) of the foreground's 8-connected components: side is the diameter of
+    the largest disk inside the component (the image's side for a full foreground), the
+    canvas a procedural mask is drawn on so that it fits the component."""
+    labels, n = ndimage.label(foreground, structure=_EIGHT)
+    if n == 0:
+        return (), ()
+    # Distance to the nearest background pixel, the image border counting as background.
+    depth = ndimage.distance_transform_edt(np.pad(foreground, 1))[1:-1, 1:-1]
+    index = np.arange(1, n + 1)
+    sides = tuple(max(1, int(2 * d)) for d in ndimage.maximum(depth, labels, index))
+    areas = tuple(int(a) for a in np.bincount(labels.ravel())[1:])
+    return sides, areas
+
+
+@dataclass(frozen=True)
+class SizedToForeground:
+    """A mask source drawn on the canvas of one foreground component instead of the whole
+    image: procedural defects are sized relative to their canvas, so on an image-sized
+    canvas they fit a texture and nowhere on a small object.
+
+    The component is drawn with probability proportional to its area (no draw when there
+    is one); ``source.draw(rng, side)`` then makes the mask, padded to the image size.
+    """
+
+    source: object  # a MaskSource (pipeline.py), e.g. ProceduralMasks
+    sides: tuple[int, ...]
+    areas: tuple[int, ...]
+
+    def draw(self, rng: np.random.Generator, size: int) -> tuple[str, np.ndarray]:
+        k = 0 if len(self.sides) == 1 else int(rng.choice(len(self.sides), p=np.divide(self.areas, sum(self.areas))))
+        side = min(self.sides[k], size)
+        name, mask = self.source.draw(rng, side)
+        if side == size:
+            return name, mask
+        canvas = np.zeros((size, size), dtype=np.uint8)
+        canvas[:side, :side] = mask
+        return name, canvas
 
 
 def binarize(mask: np.ndarray, threshold: int = 200) -> np.ndarray:
@@ -73,14 +129,33 @@ def crop_to_content(mask: np.ndarray) -> np.ndarray:
 
 def transform_defect(mask: np.ndarray, angle: float, scale: float, threshold: int) -> np.ndarray:
     """Rotate (expanded canvas) and scale a cropped bool mask, re-binarise, re-crop."""
-    m = mask.astype(np.uint8) * 255
+    return _transform(mask, angle, scale, threshold)[0]
+
+
+def _transform(mask: np.ndarray, angle: float, scale: float, threshold: int) -> tuple[np.ndarray, bool]:
+    """(transformed mask, whether it was resampled as thin).
+
+    Bilinear rotation and resize, re-binarised at ``threshold``. A defect thinner than a
+    pixel after the transform (a 1 px scratch at scale 0.3 peaks near 77) keeps no pixel
+    >= ``threshold``; it is then resampled to every output pixel it touches (area
+    coverage > 0), so it keeps at least one pixel of width along its length.
+    """
+    m = _resample(mask.astype(np.uint8) * 255, angle, scale, Image.BILINEAR)
+    kept = m >= threshold
+    if kept.any():
+        return crop_to_content(kept), False
+    touched = _resample(mask.astype(np.float32), angle, scale, Image.BOX) > 0
+    return crop_to_content(touched), True
+
+
+def _resample(m: np.ndarray, angle: float, scale: float, resample) -> np.ndarray:
     if angle:
         m = ndimage.rotate(m, angle, reshape=True, order=1, mode="constant", cval=0)
     if scale != 1.0:
         h, w = m.shape
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        m = np.asarray(Image.fromarray(m).resize(size, Image.BILINEAR))
-    return crop_to_content(m >= threshold)
+        m = np.asarray(Image.fromarray(m).resize(size, resample))
+    return m
 
 
 def valid_offsets(defect: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -107,13 +182,13 @@ def place_defect(
     for tries in range(1, cfg.max_tries + 1):
         angle = float(rng.uniform(0.0, cfg.rotate)) if cfg.rotate else 0.0
         scale = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
-        defect = transform_defect(cropped, angle, scale, cfg.binarize_at)
+        defect, thin = _transform(cropped, angle, scale, cfg.binarize_at)
         offsets = valid_offsets(defect, foreground)
         if len(offsets):
             top, left = (int(v) for v in offsets[rng.integers(len(offsets))])
             mask = np.zeros(foreground.shape, dtype=bool)
             mask[top : top + defect.shape[0], left : left + defect.shape[1]] = defect
-            return mask, Placement(top, left, *defect.shape, angle, scale, tries)
+            return mask, Placement(top, left, *defect.shape, angle, scale, tries, thin)
         if not cfg.rotate and hi <= lo:
             break  # deterministic transform: another try cannot fit either
     raise PlacementError(

@@ -6,6 +6,8 @@ import pytest
 from adabldm_ref.config import MaskConfig
 from adabldm_ref.masks import (
     PlacementError,
+    SizedToForeground,
+    component_sides,
     crop_to_content,
     foreground_mask,
     latent_keep_mask,
@@ -149,3 +151,103 @@ def test_otsu_foreground_finds_the_object_either_polarity():
     assert foreground_mask(bright_on_dark, "full").all()
     with pytest.raises(ValueError, match="foreground mode"):
         foreground_mask(bright_on_dark, "learned")
+
+
+def test_otsu_foreground_drops_specks_below_the_area_fraction():
+    obj = disk(128, 64, 64, 30)
+    image = np.where(obj, 200, 30).astype(np.uint8)
+    specks = np.zeros_like(obj)
+    for y, x in ((8, 8), (8, 110), (115, 20)):
+        specks[y : y + 3, x : x + 3] = True  # 9 px each, under 0.5% of 128 x 128 (82 px)
+    image[specks] = 210
+    fg = foreground_mask(image, "otsu")
+    assert not (fg & specks).any() and (fg == obj).mean() > 0.99
+    assert (foreground_mask(image, "otsu", min_area=0.0) & specks).sum() == specks.sum()
+    # The largest component stays whatever the fraction: an object is never dropped.
+    assert (foreground_mask(image, "otsu", min_area=0.9) == fg).all()
+
+
+def test_component_sides_are_the_largest_inscribed_disk():
+    full = np.ones((64, 64), bool)
+    assert component_sides(full) == ((64,), (64 * 64,))
+    two = np.zeros((64, 64), bool)
+    two[4:18, 4:18] = True  # 14 x 14
+    two[30:60, 10:20] = True  # 30 x 10
+    assert component_sides(two) == ((14, 10), (196, 300))
+    round_one = disk(128, 64, 64, 20)
+    assert component_sides(round_one) == ((40,), (int(round_one.sum()),))  # its diameter
+
+
+def test_sized_source_on_a_full_foreground_draws_as_its_source():
+    """One component the size of the image: the same masks and the same random stream."""
+    from adabldm_ref.pipeline import ProceduralMasks
+
+    sides, areas = component_sides(np.ones((64, 64), bool))
+    sized = SizedToForeground(ProceduralMasks(), sides, areas)
+    for seed in range(6):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        (name_a, mask_a), (name_b, mask_b) = sized.draw(a, 64), ProceduralMasks().draw(b, 64)
+        assert name_a == name_b and np.array_equal(mask_a, mask_b)
+        assert a.random() == b.random()
+
+
+def test_procedural_defects_sized_to_small_objects_fit_them():
+    """Four 14 px objects on a 64 px image: image-sized procedural defects do not fit,
+    component-sized ones always do."""
+    from adabldm_ref.pipeline import ProceduralMasks
+
+    fg = np.zeros((64, 64), bool)
+    for y, x in ((4, 4), (4, 40), (40, 4), (40, 40)):
+        fg[y : y + 14, x : x + 14] = True
+    sized = SizedToForeground(ProceduralMasks(), *component_sides(fg))
+    unsized_fits = 0
+    for seed in range(30):
+        name, source = sized.draw(np.random.default_rng(seed), 64)
+        assert source.shape == (64, 64)
+        mask, _ = place_defect(source, fg, MaskConfig(), np.random.default_rng(seed))
+        assert mask.any() and not (mask & ~fg).any()
+        try:
+            place_defect(ProceduralMasks().draw(np.random.default_rng(seed), 64)[1], fg, MaskConfig(),
+                         np.random.default_rng(seed))
+            unsized_fits += 1
+        except PlacementError:
+            pass
+    assert unsized_fits < 10
+
+
+def test_thin_defect_scaled_down_keeps_a_pixel_wide_line():
+    """A 1 px diagonal scratch at scale 0.3 peaks near 77 of 255 after the bilinear resize:
+    below the 200 threshold everywhere. It is resampled to every pixel it touches."""
+    line = np.eye(60, dtype=bool)
+    small = transform_defect(line, 0.0, 0.3, 200)
+    assert small.shape == (18, 18)
+    assert small.any(axis=1).all() and small.any(axis=0).all()  # unbroken: a pixel in every row and column
+    assert small.sum() <= 3 * 18  # and still thin
+    fg = np.ones((64, 64), bool)
+    source = np.zeros((64, 64), np.uint8)
+    source[:60, :60] = line * 255
+    mask, placement = place_defect(source, fg, MaskConfig(scale=(0.25, 0.45)), np.random.default_rng(0))
+    assert mask.any() and placement.thin_resampled
+
+
+def test_defect_that_keeps_pixels_is_transformed_as_before():
+    """The thin resampling changes nothing where the bilinear result keeps a pixel."""
+    from PIL import Image
+
+    m = np.zeros((30, 40), bool)
+    m[5:25, 3:8] = True
+    m[10, 3:40] = True
+    for angle, scale in ((0.0, 0.45), (33.0, 1.0), (200.0, 0.85)):
+        expected = (m.astype(np.uint8) * 255)
+        if angle:
+            from scipy import ndimage
+
+            expected = ndimage.rotate(expected, angle, reshape=True, order=1, mode="constant", cval=0)
+        if scale != 1.0:
+            h, w = expected.shape
+            expected = np.asarray(Image.fromarray(expected).resize((round(w * scale), round(h * scale)),
+                                                                    Image.BILINEAR))
+        assert np.array_equal(transform_defect(m, angle, scale, 200), crop_to_content(expected >= 200))
+    _, placement = place_defect(m.astype(np.uint8) * 255, np.ones((64, 64), bool), MaskConfig(scale=(0.9, 1.1)),
+                                np.random.default_rng(0))
+    assert not placement.thin_resampled
