@@ -289,9 +289,12 @@ def load_controlnet(
 
 
 def load_pretrained(
-    model_dir: str | Path, controlnet: str | Path, allow_pickle: bool = False
+    model_dir: str | Path, controlnet: str | Path | None, allow_pickle: bool = False
 ) -> Models:
-    """SD-1.5 from a local diffusers directory (unet/, vae/, text_encoder/, tokenizer/)."""
+    """SD-1.5 from a local diffusers directory (unet/, vae/, text_encoder/, tokenizer/).
+
+    ``controlnet`` None: an untrained one, ``ControlNetModel.from_unet`` (for training).
+    """
     root = _require(Path(model_dir), "model directory")
     for sub in ("unet", "vae", "text_encoder", "tokenizer"):
         _require(root / sub, f"'{sub}' folder of the diffusers model (expected in {root})")
@@ -300,7 +303,7 @@ def load_pretrained(
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw)
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)
     tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw)
-    cn = load_controlnet(controlnet, unet, allow_pickle=allow_pickle)
+    cn = ControlNetModel.from_unet(unet) if controlnet is None else load_controlnet(controlnet, unet, allow_pickle)
     scale = getattr(vae.config, "scaling_factor", LATENT_SCALE)
     return Models(unet, cn, vae, text_encoder, tokenizer, name=str(root), latent_scale=scale).eval_()
 
@@ -319,10 +322,14 @@ def save_pretrained(models: Models, model_dir: str | Path, controlnet_dir: str |
 def load_models(
     model: str | None = None, controlnet: str | None = None, allow_pickle: bool = False
 ) -> Models:
-    """``None`` or ``"tiny"``: the built-in model; else local paths (both required)."""
-    if model in (None, TINY) and controlnet is None:
-        return build_tiny()
-    if model in (None, TINY) or controlnet is None:
+    """``None`` or ``"tiny"``: the built-in model, with its own ControlNet or ``controlnet``
+    (e.g. one that adabldm-train made for it); else local paths (both required)."""
+    if model in (None, TINY):
+        models = build_tiny()
+        if controlnet is not None:
+            models.controlnet = load_controlnet(controlnet, models.unet, allow_pickle).eval().requires_grad_(False)
+        return models
+    if controlnet is None:
         raise ModelLoadError(
             "a real model needs both --model (diffusers SD-1.5 directory) and --controlnet"
             f" (got model={model!r}, controlnet={controlnet!r})"

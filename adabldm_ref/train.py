@@ -1,0 +1,681 @@
+"""Training a trimap ControlNet for one (object, defect type) (ALGORITHM.md, "Training").
+
+The loop is diffusers' ControlNet recipe (examples/controlnet/train_controlnet.py) with
+the authors' settings: latents = 0.18215 * VAE posterior sample of the pair's target,
+noise-prediction MSE at uniform timesteps of the 1000-step scaled-linear schedule, the
+UNet conditioned on the prompt and the ControlNet on the empty prompt, AdamW on the
+ControlNet only. Everything random in step ``s`` (pairs, posterior sample, noise,
+timesteps, prompt dropout) is drawn from generators seeded by ``(seed, s)``, and a
+checkpoint holds weights, optimiser, step and RNG state: a resumed run reaches the same
+weights as an uninterrupted one (bit for bit on the CPU).
+
+Run directory (``TrainConfig.out``)::
+
+    train.json          settings, data digest, split, model identity, progress, versions
+    controlnet/         the trained ControlNet, diffusers format (config.json + safetensors)
+    checkpoints/        step-NNNNNNNN.pt, the last ``keep_checkpoints``
+    loss.jsonl, loss.png, validation/step-NNNNNNNN.png
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adabldm_core.io import InputError, append_line, write_json, write_png, write_text
+from adabldm_core.precision import Precision
+
+from .config import LATENT_STRIDE, SchedulerConfig
+from .fewshot import Split, data_digest, load_backgrounds, load_shot, pair_files, split_files
+from .models import TINY, Models, build_tiny, encode_prompts, load_controlnet, load_pretrained
+from .pairs import Augment, Background, Pair, Shot, host_table, make_pairs
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+TRAIN_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
+LOG_EVERY = 10  # steps between host syncs for the loss (the loss log is still per step)
+
+
+class TrainError(ValueError):
+    """A run that cannot start or continue: other settings on a run directory, bad state."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Defaults: the authors' recipe."""
+
+    images: Path  # OK images of the object (any size, resized to ``resolution``)
+    defects: Path  # real defect images (MVTec test/<defect>)
+    defect_masks: Path  # their masks (MVTec ground_truth/<defect>), paired by name
+    out: Path  # the run directory
+    object_name: str
+    defect: str
+    foreground: Path | None = None  # foreground masks named like the OK images; else ``foreground_mode``
+    foreground_mode: str = "full"  # "full" (textures) or "otsu" (objects: Otsu + 5x5 close)
+    shots: int | None = None  # real defects that train (first K by name); None: the first third
+    resolution: int = 256  # the paper's working resolution
+    model: str | None = None  # local diffusers SD-1.5 directory; None: the built-in tiny model
+    init_controlnet: str | None = None  # start from this ControlNet; None: ControlNetModel.from_unet
+    steps: int = 30_000  # the authors' checkpoint is epoch=9-step=29999 (batch 4)
+    batch_size: int = 4  # the authors' batch
+    grad_accum: int = 1  # micro-batches per optimiser step (effective batch = batch_size * grad_accum)
+    lr: float = 1e-5  # the authors' AdamW rate
+    weight_decay: float = 1e-2  # AdamW default (diffusers' --adam_weight_decay, torch's AdamW)
+    max_grad_norm: float = 1.0  # diffusers' default clip; 0: off (the authors' Lightning run clips nothing)
+    seed: int = 0
+    rotate: float = 360.0  # paper: random rotation 0-360 degrees
+    scale: tuple[float, float] = (0.85, 1.15)  # paper: isotropic scale range
+    empty_prompt_p: float = 0.0  # paper: 10% empty-prompt dropout; the authors' code has none
+    precision: str = "fp32"  # the authors train in fp32; bf16/fp16: autocast (fp16 needs CUDA)
+    gradient_checkpointing: bool = False  # recompute UNet/ControlNet activations in backward
+    device: str = "cpu"
+    # Bookkeeping: these do not change the weights, so they may differ on a resumed run.
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    validate_every: int = 0  # 0: only at the end
+    validate_samples: int = 4
+    validate_steps: int = 20  # DDIM steps of the validation samples (few: a look, not a result)
+
+    def __post_init__(self) -> None:
+        Precision.of(self.precision, TRAIN_PRECISIONS, "--precision")
+        if self.resolution <= 0 or self.resolution % 64:
+            raise ValueError(f"--resolution {self.resolution}: expected a positive multiple of 64")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "validate_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected at least 1")
+        if self.validate_every < 0 or self.validate_steps < 2:
+            raise ValueError(f"--validate-every {self.validate_every}, validation steps {self.validate_steps}:"
+                             " expected >= 0 and >= 2")
+        if not self.lr > 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError(f"--lr {self.lr}, weight decay {self.weight_decay}, --max-grad-norm"
+                             f" {self.max_grad_norm}: expected lr > 0 and the others >= 0")
+        if not 0.0 <= self.empty_prompt_p <= 1.0:
+            raise ValueError(f"--empty-prompt-p {self.empty_prompt_p}: expected a probability in [0, 1]")
+        if self.foreground_mode not in ("full", "otsu"):
+            raise ValueError(f"--foreground-mode {self.foreground_mode!r}: expected full or otsu")
+        Augment(self.rotate, tuple(self.scale))  # range checks
+        if self.precision == "fp16" and torch.device(self.device).type != "cuda":
+            raise ValueError("--precision fp16 needs --device cuda (it scales the loss for fp16 gradients)")
+
+    @property
+    def prompt(self) -> str:
+        return f"a {self.object_name} with a {self.defect}"
+
+    @property
+    def augment(self) -> Augment:
+        return Augment(rotate=self.rotate, scale=tuple(self.scale))
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# Fields that change neither the pairs nor the arithmetic; paths are judged by the data
+# digest and the model identity, so a moved folder with the same files is the same run.
+BOOKKEEPING = ("images", "defects", "defect_masks", "out", "foreground", "model", "init_controlnet", "steps",
+               "checkpoint_every", "keep_checkpoints", "validate_every", "validate_samples", "validate_steps")
+
+
+def run_settings(cfg: TrainConfig, digest: str, identity: str, optimizer: str) -> dict:
+    """What must be equal for a run directory to be continued."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in BOOKKEEPING}
+    settings["scale"] = list(settings["scale"])
+    return {**settings, "data_digest": digest, "model_identity": identity, "optimizer": optimizer}
+
+
+def settings_difference(old: dict, new: dict) -> list[str]:
+    return [f"{k}: this run has {old.get(k)!r}, the command asks {new.get(k)!r}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def tool_versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed for random stream ``stream`` of optimiser step ``step``."""
+    state = np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+# ---------------------------------------------------------------------------------------
+# Data and models
+
+
+@dataclass(frozen=True)
+class TrainData:
+    backgrounds: list[Background]
+    shots: list[Shot]  # the held-in shots only
+    hosts: list[list[int]]  # per shot, the backgrounds that can hold it
+    split: Split
+    digest: str
+
+
+def load_data(cfg: TrainConfig) -> TrainData:
+    """OK images, the held-in real defects and the split; errors name the file."""
+    files, split = split_files(pair_files(cfg.defects, cfg.defect_masks), cfg.shots, cfg.defects)
+    aug = cfg.augment
+    shots = [load_shot(f, cfg.resolution, aug.binarize_at) for f in files]
+    backgrounds = load_backgrounds(cfg.images, cfg.resolution, cfg.foreground, cfg.foreground_mode)
+    hosts = host_table(shots, backgrounds)
+    for f, shot, host in zip(files, shots, hosts):
+        if not host:
+            ys, xs = np.nonzero(shot.mask)
+            raise InputError(
+                f"defect {f.mask} ({np.ptp(ys) + 1}x{np.ptp(xs) + 1} px at {cfg.resolution} px) fits in no"
+                f" OK image's foreground in {cfg.images}" + (f" or {cfg.foreground}" if cfg.foreground else "")
+            )
+    return TrainData(backgrounds, shots, hosts, split, data_digest(backgrounds, shots))
+
+
+def initial_controlnet(unet, cfg: TrainConfig):
+    """``ControlNetModel.from_unet`` (UNet encoder copy, zero convolutions; the hint
+    encoder's other convs seeded from ``cfg.seed``) or ``cfg.init_controlnet``."""
+    from diffusers import ControlNetModel
+
+    if cfg.init_controlnet is not None:
+        return load_controlnet(cfg.init_controlnet, unet)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return ControlNetModel.from_unet(unet)
+
+
+def load_base(cfg: TrainConfig) -> Models:
+    """The frozen SD-1.5 networks (or the built-in tiny ones) with the initial ControlNet."""
+    if cfg.model in (None, TINY):
+        models = build_tiny()
+    else:
+        models = load_pretrained(cfg.model, None)
+    models.controlnet = initial_controlnet(models.unet, cfg)
+    return models
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer
+
+
+def to_batch(pairs: list[Pair], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets (B, 3, R, R) in [-1, 1], hints (B, 3, R, R) = trimap / 255), float32."""
+    target = torch.from_numpy(np.stack([p.target for p in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    hint = torch.from_numpy(np.stack([p.trimap for p in pairs]))[:, None].float().div(255).expand(-1, 3, -1, -1)
+    return target.to(device), hint.contiguous().to(device)
+
+
+class Trainer:
+    """One ControlNet under training against frozen networks; ``step(s)`` is optimiser step s.
+
+    On CUDA: TF32, channels-last, the frozen networks in the training precision (bf16 or
+    fp16, autocast; the ControlNet's weights stay fp32), 8-bit AdamW if bitsandbytes is
+    installed; ``gradient_checkpointing`` recomputes the UNet's and ControlNet's activations.
+    """
+
+    def __init__(self, cfg: TrainConfig, models: Models, data: TrainData):
+        self.cfg, self.data = cfg, data
+        self.device = torch.device(cfg.device)
+        self.precision = Precision.of(cfg.precision, TRAIN_PRECISIONS)
+        cuda = self.device.type == "cuda"
+        frozen_dtype = self.precision.dtype if cuda else torch.float32
+        self.unet = models.unet.to(self.device).eval().requires_grad_(False)
+        self.vae = models.vae.to(self.device).eval().requires_grad_(False)
+        if frozen_dtype != torch.float32:
+            self.unet.to(frozen_dtype), self.vae.to(frozen_dtype)
+        self.controlnet = models.controlnet.to(self.device).train().requires_grad_(True)
+        self.latent_scale = models.latent_scale
+        embeddings = encode_prompts(models, [cfg.prompt, ""]).to(self.device)
+        self.prompt_emb, self.empty_emb = embeddings.split(1)  # (1, 77, d) each
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            for m in (self.unet, self.vae, self.controlnet):
+                m.to(memory_format=torch.channels_last)
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.controlnet.enable_gradient_checkpointing()
+        self.scheduler = _noise_schedule(self.device)
+        self.optimizer, self.optimizer_name = make_optimizer(self.controlnet.parameters(), cfg, cuda)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.dtype)
+
+    def pairs(self, step: int, micro: int) -> list[Pair]:
+        """The pairs of micro-batch ``micro`` of step ``step`` (indices micro*B .. micro*B+B-1)."""
+        b, d = self.cfg.batch_size, self.data
+        return make_pairs(self.cfg.seed, step, b, d.shots, d.backgrounds, d.hosts, self.cfg.augment, first=micro * b)
+
+    def loss(self, step: int, micro: int) -> torch.Tensor:
+        """Noise-prediction MSE of one micro-batch (a float32 scalar)."""
+        b = self.cfg.batch_size
+        target, hint = to_batch(self.pairs(step, micro), self.device)
+        eps, noise, t, drop = self.draws(step, range(micro * b, micro * b + b), target.shape[-1] // LATENT_STRIDE)
+        text = torch.where(drop[:, None, None], self.empty_emb, self.prompt_emb)
+        with torch.no_grad():
+            dist = self.vae.encode(target.to(self.vae.dtype)).latent_dist
+            latents = (dist.mean + dist.std * eps.to(dist.mean.dtype)).float() * self.latent_scale  # posterior sample
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        if self.device.type == "cuda":
+            noisy, hint = (v.contiguous(memory_format=torch.channels_last) for v in (noisy, hint))
+        with self.autocast():
+            down, mid = self.controlnet(noisy, t, encoder_hidden_states=self.empty_emb.expand(b, -1, -1),
+                                        controlnet_cond=hint, return_dict=False)
+            dtype = self.unet.dtype
+            pred = self.unet(noisy.to(dtype), t, encoder_hidden_states=text.to(dtype),
+                             down_block_additional_residuals=[r.to(dtype) for r in down],
+                             mid_block_additional_residual=mid.to(dtype)).sample
+        return F.mse_loss(pred.float(), noise)
+
+    def draws(self, step: int, indices: range, size: int):
+        """Per pair: posterior noise and diffusion noise (B, 4, size, size), timestep (B,) and
+        empty-prompt flag (B,), each pair's from its own generator seeded (seed, step, index),
+        so a pair's arithmetic is the same whatever the batch and accumulation layout."""
+        eps, noise, t, drop = [], [], [], []
+        for i in indices:
+            g = torch.Generator(self.device).manual_seed(step_seed(self.cfg.seed, step, i))
+            eps.append(torch.randn((4, size, size), generator=g, device=self.device))
+            noise.append(torch.randn((4, size, size), generator=g, device=self.device))
+            t.append(torch.randint(0, self.scheduler.config.num_train_timesteps, (), generator=g, device=self.device))
+            drop.append(torch.rand((), generator=g, device=self.device) < self.cfg.empty_prompt_p)
+        return torch.stack(eps), torch.stack(noise), torch.stack(t), torch.stack(drop)
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimiser step over ``grad_accum`` micro-batches; the mean loss (on the device)."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            loss = self.loss(step, micro) / cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.controlnet.parameters(), cfg.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return total
+
+    def state(self, step: int, run_key: str) -> dict:
+        """A checkpoint: weights, optimiser, loss scaler, step, RNG states."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"format_version": FORMAT_VERSION, "step": step, "run_key": run_key,
+                "controlnet": self.controlnet.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng}
+
+    def load_state(self, state: dict) -> None:
+        self.controlnet.load_state_dict(state["controlnet"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def _noise_schedule(device):
+    """The 1000-step scaled-linear training schedule of SD-1.5 (q_sample's alphas)."""
+    from diffusers import DDPMScheduler
+
+    s = SchedulerConfig()
+    scheduler = DDPMScheduler(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start,
+                              beta_end=s.beta_end, beta_schedule=s.beta_schedule, prediction_type=s.prediction_type)
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    return scheduler
+
+
+def make_optimizer(params, cfg: TrainConfig, cuda: bool):
+    """AdamW (diffusers' betas 0.9/0.999, eps 1e-8); bitsandbytes' 8-bit AdamW on CUDA if installed."""
+    kw = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay, eps=1e-8)
+    if cuda:
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, **kw), "adamw8bit"
+        except ImportError:
+            pass
+    return torch.optim.AdamW(params, **kw), "adamw"
+
+
+# ---------------------------------------------------------------------------------------
+# The run directory
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        return self.root / "train.json"
+
+    @property
+    def controlnet(self) -> Path:
+        return self.root / "controlnet"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def loss_log(self) -> Path:
+        return self.root / "loss.jsonl"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.pt"
+
+    def validation(self, step: int) -> Path:
+        return self.root / "validation" / f"step-{step:08d}.png"
+
+    def checkpoint_steps(self) -> list[int]:
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(p.stem.split("-")[1]) for p in self.checkpoints.glob("step-*.pt"))
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename over ``path``: a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(run: RunDir, state: dict, keep: int) -> Path:
+    """Write step ``state['step']`` atomically and keep only the last ``keep`` checkpoints."""
+    path = run.checkpoint(state["step"])
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic(path, write)
+    for old in run.checkpoint_steps()[:-keep]:
+        run.checkpoint(old).unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a damaged file
+        raise TrainError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from an earlier one") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise TrainError(f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}")
+    return state
+
+
+def save_controlnet(run: RunDir, controlnet) -> None:
+    """The trained ControlNet in diffusers format, replacing any earlier one in one rename."""
+    old = run.root / ".controlnet.old"
+    _atomic(run.root / ".controlnet.new", lambda tmp: controlnet.save_pretrained(tmp, safe_serialization=True))
+    if run.controlnet.exists():
+        run.controlnet.replace(old)
+    (run.root / ".controlnet.new").replace(run.controlnet)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_run(run: RunDir, cfg: TrainConfig, settings: dict) -> int:
+    """The step to continue from (0: a new run); refuses another run's directory.
+
+    Bit-for-bit equality with an uninterrupted run also needs the same device and, on the
+    CPU, the same torch thread count (kernels split their sums by thread): a different
+    count is allowed with a warning."""
+    if run.record.exists():
+        try:
+            old = json.loads(run.record.read_text())
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"{run.record} is not valid JSON ({exc})") from None
+        diff = settings_difference(old.get("settings", {}), settings)
+        if diff:
+            raise TrainError(f"{run.root} holds another training run; " + "; ".join(diff)
+                             + ". Use another --out, or the settings of that run")
+        if old.get("torch_threads") not in (None, torch.get_num_threads()):
+            log.warning("%s was trained with %s torch threads, this process has %d: the continued run will"
+                        " differ from an uninterrupted one in the last bits", run.root, old["torch_threads"],
+                        torch.get_num_threads())
+        done = run.checkpoint_steps()
+        start = done[-1] if done else 0
+        if start > cfg.steps:
+            raise TrainError(f"{run.root} has reached step {start}, beyond --steps {cfg.steps}")
+        return start
+    if run.root.exists() and any(run.root.iterdir()):
+        raise TrainError(f"{run.root} is not empty and holds no train.json: not a training run directory")
+    return 0
+
+
+def truncate_loss_log(run: RunDir, step: int) -> None:
+    """Drop the lines past ``step`` (written after the checkpoint a resumed run starts from)."""
+    if run.loss_log.exists():
+        lines = [ln for ln in run.loss_log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        write_text(run.loss_log, "".join(ln + "\n" for ln in lines))
+
+
+def read_losses(run: RunDir) -> list[tuple[int, float]]:
+    if not run.loss_log.exists():
+        return []
+    rows = [json.loads(ln) for ln in run.loss_log.read_text().splitlines() if ln]
+    return [(r["step"], r["loss"]) for r in rows]
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class TrainReport:
+    out: Path
+    steps: int
+    start: int  # the step this invocation continued from (0: from scratch)
+    final_loss: float | None
+    record: dict = field(default_factory=dict)
+
+
+class _LossLog:
+    """Per-step losses kept on the device and written in groups (one host sync per group)."""
+
+    def __init__(self, run: RunDir, images_per_step: int):
+        self.run, self.images_per_step = run, images_per_step
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.t0 = time.perf_counter()
+        self.last: float | None = None
+        self.images_per_s = 0.0
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([v for _, v in self.pending]).tolist()  # the one sync
+        now = time.perf_counter()
+        self.images_per_s = len(values) * self.images_per_step / max(now - self.t0, 1e-9)
+        self.t0 = now
+        for (step, _), value in zip(self.pending, values):
+            if not np.isfinite(value):
+                raise TrainError(f"the loss became {value} at step {step} (learning rate too high, or fp16 overflow)")
+            append_line(self.run.loss_log, json.dumps({"step": step, "loss": value, "images_per_s": round(self.images_per_s, 3)}))
+        self.last = values[-1]
+        self.pending.clear()
+
+
+def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainReport:
+    """Train (or continue training) the ControlNet of ``cfg`` in ``cfg.out``.
+
+    ``on_step(s)`` is called after each optimiser step (and its checkpoint, if any).
+    """
+    run = RunDir(Path(cfg.out))
+    data = load_data(cfg)
+    models = load_base(cfg)
+    identity = models.identity()  # frozen networks + initial ControlNet, before any update
+    trainer = Trainer(cfg, models, data)
+    settings = run_settings(cfg, data.digest, identity, trainer.optimizer_name)
+    settings["split"] = data.split.to_dict()
+    start = open_run(run, cfg, settings)
+    key = run_key(settings)
+    if start:
+        state = load_checkpoint(run.checkpoint(start))
+        if state["run_key"] != key:
+            raise TrainError(f"checkpoint {run.checkpoint(start)} belongs to run {state['run_key']}, not {key}")
+        trainer.load_state(state)
+        truncate_loss_log(run, start)
+        log.info("resuming %s from step %d", run.root, start)
+    else:
+        run.loss_log.unlink(missing_ok=True)
+    record = {
+        "format_version": FORMAT_VERSION, "run_key": key, "settings": settings, "config": cfg.to_dict(),
+        "prompt": cfg.prompt, "split": data.split.to_dict(),
+        "data": {"digest": data.digest, "ok_images": len(data.backgrounds), "shots": [s.name for s in data.shots]},
+        "model": {"name": models.name, "identity": identity, "init_controlnet": cfg.init_controlnet},
+        "device": str(trainer.device), "optimizer": trainer.optimizer_name, "torch_threads": torch.get_num_threads(),
+        "versions": tool_versions(),
+    }
+    losses = _LossLog(run, cfg.batch_size * cfg.grad_accum)
+    _write_record(run, record, start, cfg.steps, None, "running")
+    bar = _progress(cfg.steps, start, progress)
+    for s in range(start + 1, cfg.steps + 1):
+        losses.add(s, trainer.step(s))
+        last = s == cfg.steps
+        checkpoint = s % cfg.checkpoint_every == 0 or last
+        validate = last or (cfg.validate_every and s % cfg.validate_every == 0)
+        if len(losses.pending) >= LOG_EVERY or checkpoint or validate:
+            losses.flush()
+            bar.set_postfix(loss=f"{losses.last:.4f}", img_s=f"{losses.images_per_s:.2f}")
+        if validate:
+            _validate(run, trainer, models, data, cfg, s)
+        if checkpoint:
+            save_checkpoint(run, trainer.state(s, key), cfg.keep_checkpoints)
+            _write_record(run, record, s, cfg.steps, losses.last, "running")
+        if validate or checkpoint:
+            losses.t0 = time.perf_counter()  # images/s counts training only
+        bar.update(1)
+        if on_step is not None:
+            on_step(s)
+    bar.close()
+    history = read_losses(run)
+    final = history[-1][1] if history else None
+    if start < cfg.steps or not run.controlnet.exists():
+        save_controlnet(run, trainer.controlnet)
+    write_png(run.loss_plot, loss_plot(history))
+    _write_record(run, record, cfg.steps, cfg.steps, final, "done", history)
+    return TrainReport(run.root, cfg.steps, start, final, json.loads(run.record.read_text()))
+
+
+def _write_record(run: RunDir, record: dict, step: int, steps: int, loss, status: str, history=()) -> None:
+    tail = [v for _, v in history][-100:]
+    write_json(run.record, {**record, "step": step, "steps": steps, "status": status, "final_loss": loss,
+                            "loss_mean_last_100": float(np.mean(tail)) if tail else None})
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", desc="train", dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation sheets and the loss plot
+
+
+def validation_samples(models: Models, cfg: TrainConfig, data: TrainData, device) -> tuple[list, list[str]]:
+    """Rows (OK image, trimap, generated) of ``cfg.validate_samples`` fixed-seed samples made
+    by the project's blended sampler (``cfg.validate_steps`` DDIM steps, no adaptation) with
+    the held-in shots' masks placed on the OK images."""
+    from .config import AdaptConfig, GenerationConfig, SamplerConfig
+    from .masks import PlacementError
+    from .pipeline import OkImage, RealMasks, plan_sample, reference_pipeline
+
+    gen = GenerationConfig(object_name=cfg.object_name, defect=cfg.defect, resolution=cfg.resolution, seed=cfg.seed,
+                           sampler=SamplerConfig(steps=cfg.validate_steps), adapt=AdaptConfig(iters=0))
+    oks = [OkImage(b.name, b.rgb, b.foreground) for b in data.backgrounds]
+    masks = RealMasks(tuple((s.name, s.mask.astype(np.uint8) * 255) for s in data.shots))
+    plans = []
+    for i in range(8 * cfg.validate_samples):  # a shot too large for one OK image is skipped
+        if len(plans) == cfg.validate_samples:
+            break
+        with contextlib.suppress(PlacementError):
+            plans.append(plan_sample(i, gen, oks, masks))
+    with reference_pipeline(models, gen, device) as pipe:
+        samples = pipe.run(plans)
+    return [[p.rgb, p.trimap, s.blended] for p, s in zip(plans, samples)], [p.mask_source for p in plans]
+
+
+def _validate(run: RunDir, trainer: Trainer, models: Models, data: TrainData, cfg: TrainConfig, step: int) -> None:
+    from adabldm_engine.contact import contact_sheet
+
+    trainer.controlnet.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), trainer.autocast(), torch.no_grad():
+            rows, names = validation_samples(models, cfg, data, trainer.device)
+    finally:
+        trainer.controlnet.train()
+    write_png(run.validation(step), contact_sheet(rows, ["OK image", "trimap", f"step {step}"], names))
+
+
+def loss_plot(history: list[tuple[int, float]], width: int = 640, height: int = 360) -> np.ndarray:
+    """(H, W, 3) uint8: the per-step loss (grey) and its running mean (blue) against the step."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 64, width - 16, 16, height - 28
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    if not history:
+        draw.text((left + 8, top + 8), "no steps yet", fill=(0, 0, 0))
+        return np.asarray(image)
+    steps = np.array([s for s, _ in history], dtype=float)
+    values = np.array([v for _, v in history], dtype=float)
+    window = max(1, len(values) // 50)
+    mean = np.convolve(values, np.ones(window) / window, mode="valid")
+    lo, hi = float(values.min()), float(values.max())
+    span, first, last = (hi - lo) or 1.0, steps[0], steps[-1]
+
+    def xy(s, v):
+        x = left + (s - first) / max(last - first, 1.0) * (right - left)
+        return x, bottom - (v - lo) / span * (bottom - top)
+
+    draw.line([xy(s, v) for s, v in zip(steps, values)], fill=(180, 180, 180), width=1)
+    draw.line([xy(s, v) for s, v in zip(steps[window - 1 :], mean)], fill=(30, 80, 200), width=2)
+    draw.text((4, top), f"{hi:.4g}", fill=(0, 0, 0))
+    draw.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
+    draw.text((left, bottom + 6), f"step {int(first)}", fill=(0, 0, 0))
+    draw.text((right - 80, bottom + 6), f"step {int(last)}", fill=(0, 0, 0))
+    draw.text((left + 8, top + 4), f"loss (mean of {window})", fill=(30, 80, 200))
+    return np.asarray(image)
