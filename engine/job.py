@@ -24,11 +24,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from adabldm_core.precision import ADAPT_PRECISIONS, Precision
 from adabldm_ref.config import GenerationConfig
-from adabldm_ref.masks import PlacementError
+from adabldm_ref.masks import FOREGROUND_MIN_AREA, PlacementError, SizedToForeground, component_sides, foreground_mask
 from adabldm_ref.models import load_models
 from adabldm_ref.pipeline import (
-    AdaBLDM,
+    Pipeline,
     MaskSource,
     OkImage,
     ProceduralMasks,
@@ -37,14 +38,16 @@ from adabldm_ref.pipeline import (
     SamplePlan,
     plan_sample,
     prepare_ok_image,
+    reference_pipeline,
 )
 
-from adabldm_export.bundle import Bundle
+from adabldm_engine.bundle import Bundle
 
 from .contact import contact_sheet
-from .io import (
+from adabldm_core.io import (
     InputError,
     append_line,
+    folder_lock,
     list_images,
     read_gray,
     read_image,
@@ -52,13 +55,12 @@ from .io import (
     write_png,
     write_text,
 )
-from .adaptation import FastAdaptConfig
-from .graphed import GraphedEnginePipeline
-from .runtime import EnginePipeline, bundle_engines, torch_engines
+from .adaptation import BatchedAdapter, FastAdaptConfig
+from .runtime import bundle_engines, engine_pipeline
 
 log = logging.getLogger("adabldm")
 FORMAT_VERSION = 1
-EXIT_OK, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 3, 130
 DEFAULT_TEXTURES = ("brick", "gravel")  # shipped with scikit-image
 
 
@@ -69,6 +71,9 @@ class JobConfig:
     generation: GenerationConfig
     images: Path | None = None  # None: scikit-image textures
     foreground: Path | None = None  # masks with the images' file stems
+    # Otsu foreground (generation.masks.foreground "otsu"): components smaller than this
+    # fraction of the image are dropped (specks of lit background), the largest always kept.
+    foreground_min_area: float = FOREGROUND_MIN_AREA
     masks: Path | None = None  # None: procedural masks
     procedural: tuple[str, ...] = ("blob", "scratch", "crack")
     model: str | None = None  # None: built-in tiny model
@@ -84,17 +89,19 @@ class JobConfig:
     cuda_graphs: bool = True
     # Online adaptation arithmetic: "fp32" (the reference) or "bf16" autocast (fp32 weights
     # and loss; measured 2.1x cheaper at SD-1.5 size on a CPU with native bf16, -0.05 dB).
-    adapt_precision: str = "fp32"
+    adapt_precision: Precision = Precision.FP32
 
     def __post_init__(self) -> None:
         if self.num < 1:
             raise ValueError(f"--num {self.num}: expected at least 1 sample")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size}: expected at least 1")
+        if not 0 <= self.foreground_min_area < 1:
+            raise ValueError(f"--foreground-min-area {self.foreground_min_area}: expected a fraction in [0, 1)")
         if self.backend != "torch" and self.bundle is None:
             raise ValueError(f"--backend {self.backend} runs exported networks: it needs --bundle DIR")
-        if self.adapt_precision not in ("fp32", "bf16"):
-            raise ValueError(f"--adapt-precision {self.adapt_precision}: expected fp32 or bf16")
+        object.__setattr__(self, "adapt_precision",
+                           Precision.of(self.adapt_precision, ADAPT_PRECISIONS, "--adapt-precision"))
         if self.foreground is not None and self.images is None:
             raise ValueError(
                 f"--foreground {self.foreground}: needs --images (masks are named like the OK images)"
@@ -111,15 +118,30 @@ class JobReport:
     failed: dict[int, str] = field(default_factory=dict)
     interrupted: bool = False
     quality: list[dict[str, float]] = field(default_factory=list)  # of the samples made now
+    thin_resampled: list[int] = field(default_factory=list)  # defects resampled to stay >= 1 px wide
 
     def mean_quality(self, key: str) -> float:
         values = [q[key] for q in self.quality if q.get(key) is not None and np.isfinite(q[key])]
         return float(np.mean(values)) if values else float("nan")
 
     @property
+    def error(self) -> str | None:
+        """Why the run failed as a whole (no sample made, some tried), with what to change."""
+        if self.interrupted or not self.failed or self.resumed + self.generated:
+            return None
+        first = min(self.failed)
+        return (
+            f"no sample could be made: all {len(self.failed)} failed (sample {first:04d}: {self.failed[first]});"
+            " make the defects smaller (--scale-range, e.g. 0.3,0.6) or give masks that fit the objects"
+            " (--masks DIR), or check the foreground (--foreground, --foreground-mode, --foreground-min-area)"
+        )
+
+    @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
+        if self.error:
+            return EXIT_ERROR
         return EXIT_PARTIAL if self.skipped_inputs or self.failed else EXIT_OK
 
 
@@ -179,7 +201,8 @@ def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
     if cfg.images is None:
         from skimage import data
 
-        return [OkImage(f"skimage:{n}", prepare_ok_image(getattr(data, n)(), res)) for n in DEFAULT_TEXTURES]
+        textures = [OkImage(f"skimage:{n}", prepare_ok_image(getattr(data, n)(), res)) for n in DEFAULT_TEXTURES]
+        return [_with_foreground(ok, cfg) for ok in textures]
     paths = list_images(cfg.images, "OK image")
     fg_files = list_images(cfg.foreground, "foreground mask") if cfg.foreground is not None else []
     images = []
@@ -192,13 +215,38 @@ def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
                 fg = np.asarray(Image.fromarray(fg_raw).resize((res, res), Image.NEAREST)) >= 128
                 if not fg.any():
                     raise InputError(f"foreground mask for {path} is empty (no pixel >= 128)")
-            images.append(OkImage(str(path), prepare_ok_image(array, res), fg))
+            images.append(_with_foreground(OkImage(str(path), prepare_ok_image(array, res), fg), cfg))
         except InputError as exc:
             log.warning("skipped: %s", exc)
             skipped.append(str(exc))
     if not images:
         raise InputError(f"none of the OK images in {cfg.images} could be used")
     return images
+
+
+def _with_foreground(ok: OkImage, cfg: JobConfig) -> OkImage:
+    """``ok`` with its Otsu foreground (small components dropped) when it has none and the
+    mode asks for one; a full foreground stays implicit (None)."""
+    if ok.foreground is not None or cfg.generation.masks.foreground == "full":
+        return ok
+    gray = np.asarray(Image.fromarray(ok.rgb).convert("L"))
+    try:
+        fg = foreground_mask(gray, cfg.generation.masks.foreground, cfg.foreground_min_area)
+    except PlacementError as exc:
+        raise InputError(f"{ok.name}: {exc}") from None
+    return dataclasses.replace(ok, foreground=fg)
+
+
+def mask_sources(images: Sequence[OkImage], masks: MaskSource, resolution: int) -> list[MaskSource]:
+    """The mask source of each OK image: procedural masks drawn at the size of one of its
+    foreground components (ProceduralMasks itself on a full foreground), real masks as given."""
+    if not isinstance(masks, ProceduralMasks):
+        return [masks] * len(images)
+    sources = []
+    for ok in images:
+        sides, areas = ((resolution,), ()) if ok.foreground is None else component_sides(ok.foreground)
+        sources.append(masks if sides == (resolution,) else SizedToForeground(masks, sides, areas))
+    return sources
 
 
 def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
@@ -220,7 +268,7 @@ def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
     return RealMasks(tuple(masks))
 
 
-def inputs_digest(images: Sequence[OkImage], masks: MaskSource) -> str:
+def inputs_digest(images: Sequence[OkImage], masks: MaskSource, sources: Sequence[MaskSource] = ()) -> str:
     h = hashlib.sha256()
     for ok in images:
         h.update(ok.name.encode())
@@ -233,6 +281,9 @@ def inputs_digest(images: Sequence[OkImage], masks: MaskSource) -> str:
             h.update(m.tobytes())
     else:
         h.update(repr(masks).encode())
+    for source in sources:  # masks sized to the foreground: what they were sized to
+        if source is not masks:
+            h.update(repr(source).encode())
     return h.hexdigest()[:16]
 
 
@@ -250,44 +301,82 @@ def _read_record(path: Path) -> dict:
     return old
 
 
-def open_run(layout: Layout, record: dict) -> set[int]:
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """'key: OLD there, NEW now' for each leaf of two nested settings dicts that differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(new) + [k for k in old if k not in new]
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if old == new or (isinstance(old, list) and tuple(old) == new):  # JSON keeps tuples as lists
+        return []
+    return [f"{prefix[:-1]}: {old} there, {new} now"]
+
+
+def _refusal(layout: Layout, old: dict, record: dict) -> InputError:
+    """The other run in ``layout`` named by what differs, with both values."""
+    diff = _differences(old.get("settings", {}), record["settings"])
+    diff += _differences({k: old.get(k) for k in ("backend", "model_identity")},
+                         {k: record[k] for k in ("backend", "model_identity")})
+    if old.get("inputs") != record["inputs"]:
+        diff.append(f"inputs: {', '.join(old.get('inputs') or [])} there, {', '.join(record['inputs'])} now")
+    elif old.get("inputs_digest") != record["inputs_digest"]:
+        diff.append("inputs: the same names, other pixels, foregrounds or defect masks"
+                    f" (digest {old.get('inputs_digest')} there, {record['inputs_digest']} now)")
+    if not diff:
+        diff = [f"run key {old.get('run_key')} there, {record['run_key']} now"]
+    return InputError(
+        f"{layout.out} holds a run with other settings for defect {layout.defect!r}: {'; '.join(diff)};"
+        f" choose another --out or --defect, or rerun with the settings of {layout.run_record} to resume it"
+    )
+
+
+def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
     """Check the folder belongs to this run and return the indices already finished.
 
-    A folder of another run is refused; manifest lines whose files are missing, and a
-    torn last line, are dropped (those samples are made again).
+    A folder of another run is refused, and so is another ``batch_size`` than its finished
+    samples were made with (the bytes depend on it); manifest lines whose files are
+    missing, and a torn last line, are dropped (those samples are made again), and so are
+    duplicate lines (one kept). Nothing is written before the checks pass.
     """
     if layout.run_record.exists():
         old = _read_record(layout.run_record)
         if old.get("run_key") != record["run_key"]:
-            keys = ("settings_hash", "model_identity", "backend", "inputs_digest")
-            diff = [k for k in keys if old.get(k) != record[k]]
-            raise InputError(
-                f"{layout.out} holds a run with other {', '.join(diff) or 'settings'}"
-                f" for defect {layout.defect!r} ({old.get('run_key')} vs {record['run_key']}): choose another"
-                f" --out or --defect, or rerun with the settings of {layout.run_record} to resume it"
-            )
-    else:
-        layout.out.mkdir(parents=True, exist_ok=True)
-        write_json(layout.run_record, record)
-    entries, others, dropped = {}, [], 0
+            raise _refusal(layout, old, record)
+    entries, others, sizes = {}, [], set()
+    incomplete = duplicate = 0
     if layout.manifest.exists():
         for line in layout.manifest.read_text().splitlines():
             try:
                 entry = json.loads(line)
                 i = int(entry["index"])
             except (ValueError, KeyError, TypeError):
-                dropped += 1
+                incomplete += 1
                 continue
             if entry.get("defect", layout.defect) != layout.defect:
                 others.append(line)  # another defect type of the same category
-            elif entry.get("run_key") == record["run_key"] and layout.complete(i) and i not in entries:
-                entries[i] = line
+            elif entry.get("run_key") != record["run_key"] or not layout.complete(i):
+                incomplete += 1
+            elif i in entries:
+                duplicate += 1
             else:
-                dropped += 1
-        if dropped:
-            log.warning("manifest: dropped %d incomplete line(s); those samples are made again", dropped)
-            kept = others + [entries[i] for i in sorted(entries)]
-            write_text(layout.manifest, "".join(line + "\n" for line in kept))
+                entries[i] = line
+                sizes.add(entry.get("batch_size", batch_size))
+    if sizes - {batch_size}:
+        made = ", ".join(f"--batch-size {b}" for b in sorted(sizes))
+        raise InputError(
+            f"--batch-size {batch_size}: the {len(entries)} finished sample(s) of defect {layout.defect!r} in"
+            f" {layout.out} were made with {made}, and the images depend on it: rerun with {made} to resume,"
+            " or choose another --out"
+        )
+    if not layout.run_record.exists():
+        layout.out.mkdir(parents=True, exist_ok=True)
+        write_json(layout.run_record, record)
+    if incomplete:
+        log.warning("manifest: dropped %d unreadable or incomplete line(s); those samples are made again", incomplete)
+    if duplicate:
+        log.warning("manifest: dropped %d duplicate line(s) (one line kept per sample)", duplicate)
+    if incomplete or duplicate:
+        kept = others + [entries[i] for i in sorted(entries)]
+        write_text(layout.manifest, "".join(line + "\n" for line in kept))
     return set(entries)
 
 
@@ -360,13 +449,28 @@ def write_contact_sheet(layout: Layout, rows: int) -> None:
 
 
 def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
-    """Generate samples 0..num-1 into ``cfg.out`` (skipping finished ones)."""
-    gen = cfg.generation
+    """Generate samples 0..num-1 into ``cfg.out`` (skipping finished ones).
+
+    The folder is locked for the run: a second run on it is refused (naming this one)
+    instead of making every sample a second time."""
+    with folder_lock(cfg.out):
+        return _run_locked(cfg, progress)
+
+
+def _run_locked(cfg: JobConfig, progress: bool) -> JobReport:
     report = JobReport(cfg.out, cfg.num)
     images = load_ok_images(cfg, report.skipped_inputs)
     masks = load_mask_source(cfg, report.skipped_inputs)
     pipeline, identity = make_pipeline(cfg)
+    with pipeline:  # engines are released on every exit path
+        return _generate(cfg, pipeline, identity, images, masks, report, progress)
+
+
+def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequence[OkImage], masks: MaskSource,
+              report: JobReport, progress: bool) -> JobReport:
+    gen = cfg.generation
     settings = gen.to_dict()
+    sources = mask_sources(images, masks, gen.resolution)
     record = {
         "format_version": FORMAT_VERSION,
         "settings_hash": gen.digest(),
@@ -376,13 +480,13 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
         "model_identity": identity,
         "backend": backend_name(cfg),
         "bundle": str(cfg.bundle) if cfg.bundle else None,
-        "inputs_digest": inputs_digest(images, masks),
+        "inputs_digest": inputs_digest(images, masks, sources),
         "inputs": [ok.name for ok in images],
     }
     key_src = ":".join(record[k] for k in ("settings_hash", "model_identity", "backend", "inputs_digest"))
     record["run_key"] = run_key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     layout = Layout(cfg.out, gen.defect)
-    done = open_run(layout, record)
+    done = open_run(layout, record, cfg.batch_size)
     report.resumed = len(done & set(range(cfg.num)))
 
     bar = tqdm(total=cfg.num, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
@@ -392,7 +496,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
             todo = [i for i in chunk if i not in done]
             if not todo:
                 continue
-            plans = _plan_chunk(chunk, gen, images, masks, report)
+            plans = _plan_chunk(chunk, gen, images, sources, report)
             bar.update(sum(i in report.failed for i in todo))  # failed samples are done too
             todo = [i for i in todo if i not in report.failed]
             if not todo:
@@ -408,6 +512,8 @@ def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
                 write_sample(layout, sample, run_key, settings, cfg.batch_size)
                 report.generated += 1
                 report.quality.append(sample.quality)
+                if sample.plan.placement.thin_resampled:
+                    report.thin_resampled.append(sample.plan.index)
                 bar.update(1)
     except KeyboardInterrupt:
         report.interrupted = True
@@ -425,23 +531,25 @@ def backend_name(cfg: JobConfig) -> str:
     return name if cfg.adapt_precision == "fp32" else f"{name}+adapt-{cfg.adapt_precision}"
 
 
-def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
-    """The pipeline of the job and the identity (weights hash) of its model."""
+def make_pipeline(cfg: JobConfig) -> tuple[Pipeline, str]:
+    """The pipeline of the job and the identity (weights hash) of its model.
+
+    Each part is chosen once here: the networks (reference modules, or a bundle's engines
+    on a backend), the step (diffusers' scheduler step; the static-buffer step on CUDA),
+    the adapter (the reference loop, or the batched one for engines and bf16)."""
     gen, device = cfg.generation, cfg.device
     on_gpu = torch.device(device).type == "cuda"
+    bf16 = cfg.adapt_precision is Precision.BF16
     # bf16 on a GPU: tensor-core convolutions want NHWC (on the CPU channels-last gained nothing with bf16)
-    fast = FastAdaptConfig(precision=cfg.adapt_precision, channels_last=cfg.adapt_precision == "bf16" and on_gpu)
-    if fast.precision == "bf16" and not on_gpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    fast = FastAdaptConfig(precision=cfg.adapt_precision, channels_last=bf16 and on_gpu)
+    if bf16 and not on_gpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("--adapt-precision bf16 on a CPU without native bfloat16: emulated, likely slower than fp32")
     if cfg.bundle is None:
         models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
         identity = models.identity()
         _to_device(models, device)
-        if cfg.adapt_precision == "fp32":
-            return AdaBLDM(models, gen, device), identity
-        # The reference modules behind the engine interface, for the runtime's adaptation path.
-        engines = torch_engines(models, gen.resolution)
-        return EnginePipeline(engines, models.tokenizer, models.vae, models.latent_scale, gen, device, fast), identity
+        adapter = BatchedAdapter(models.vae, gen.adapt, fast, models.latent_scale) if bf16 else None
+        return reference_pipeline(models, gen, device, adapter), identity
     bundle = Bundle.open(cfg.bundle)
     bundle.check(resolution=gen.resolution)
     wants_modules = cfg.backend == "torch" or cfg.model is not None  # to run, or to check the bundle against
@@ -450,10 +558,10 @@ def make_pipeline(cfg: JobConfig) -> tuple[AdaBLDM, str]:
         _to_device(models, device)
     engines = bundle_engines(bundle, cfg.backend, device, models)  # checks the models' identity
     vae = bundle.adapt_vae().to(device)
-    args = (engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device, fast)
-    if on_gpu and cfg.cuda_graphs:  # static-buffer step, graphed if the backend allows
-        return GraphedEnginePipeline(*args), bundle.identity
-    return EnginePipeline(*args), bundle.identity
+    static = on_gpu and cfg.cuda_graphs  # static-buffer step, graphed if the backend allows
+    pipeline = engine_pipeline(engines, bundle.tokenizer(), vae, bundle.manifest["latent_scale"], gen, device,
+                               fast, static_step=static)
+    return pipeline, bundle.identity
 
 
 def _to_device(models, device: str) -> None:
@@ -461,11 +569,13 @@ def _to_device(models, device: str) -> None:
         module.to(device)
 
 
-def _plan_chunk(chunk, gen, images, masks, report: JobReport) -> list[SamplePlan]:
+def _plan_chunk(chunk, gen, images, sources, report: JobReport) -> list[SamplePlan]:
+    """Plans of the chunk's samples, sample i drawing its mask from ``sources[i % len]``
+    (the source of its OK image); failures are recorded in ``report``."""
     plans = []
     for i in chunk:
         try:
-            plans.append(plan_sample(i, gen, images, masks))
+            plans.append(plan_sample(i, gen, images, sources[i % len(sources)]))
         except PlacementError as exc:
             report.failed[i] = str(exc)
             log.warning("sample %04d skipped: %s", i, exc)

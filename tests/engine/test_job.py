@@ -1,16 +1,20 @@
 """adabldm_engine.job: the MVTec layout, determinism, resume after a kill, bad inputs."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
+import os
 from pathlib import Path
 
+import adabldm_engine.job as job
 import numpy as np
 import pytest
+from adabldm_core.io import LOCK_NAME, InputError, folder_lock, read_gray, read_image
+from adabldm_engine.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, run_job
 from PIL import Image
 
-import adabldm_engine.job as job
-from adabldm_engine.io import InputError, read_gray, read_image
-from adabldm_engine.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, run_job
+from adabldm_ref.config import MaskConfig
 
 
 def manifest(out: Path) -> list[dict]:
@@ -136,7 +140,7 @@ def test_kill_between_files_and_manifest_line(reference_run, tmp_path, job_confi
     assert [e["index"] for e in manifest(out)] == list(range(ref.total))
 
 
-def test_torn_last_manifest_line_is_dropped(reference_run, copy_of, job_config, sample_files):
+def test_torn_last_manifest_line_is_dropped(reference_run, copy_of, job_config, sample_files, caplog):
     ref_out, ref = reference_run
     out = copy_of(ref_out)
     text = (out / "manifest.jsonl").read_text()
@@ -144,7 +148,9 @@ def test_torn_last_manifest_line_is_dropped(reference_run, copy_of, job_config, 
     (out / "manifest.jsonl").write_text(text[: last_start + 40])  # killed mid-line
     (out / "test" / "defect" / f"{ref.total - 1:04d}.png").write_bytes(b"half-written")
 
-    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    with caplog.at_level(logging.WARNING, logger="adabldm"):
+        rerun = run_job(job_config(out, num=ref.total), progress=False)
+    assert "manifest: dropped 1 unreadable or incomplete line(s); those samples are made again" in caplog.text
     assert (rerun.resumed, rerun.generated, rerun.exit_code) == (ref.total - 1, 1, EXIT_OK)
     assert sample_files(out) == sample_files(ref_out)
     lines = (out / "manifest.jsonl").read_text().splitlines()
@@ -163,16 +169,19 @@ def test_line_whose_image_was_deleted_is_dropped(reference_run, copy_of, job_con
     assert sorted(indices) == list(range(ref.total)) and len(set(indices)) == ref.total
 
 
-def test_duplicate_manifest_line_is_dropped(reference_run, copy_of, job_config):
+def test_duplicate_manifest_line_is_dropped(reference_run, copy_of, job_config, caplog):
     ref_out, ref = reference_run
     out = copy_of(ref_out)
     first = (out / "manifest.jsonl").read_text().splitlines()[0]
     with open(out / "manifest.jsonl", "a") as f:
         f.write(first + "\n")
 
-    rerun = run_job(job_config(out, num=ref.total), progress=False)
+    with caplog.at_level(logging.WARNING, logger="adabldm"):
+        rerun = run_job(job_config(out, num=ref.total), progress=False)
     assert (rerun.resumed, rerun.generated, rerun.exit_code) == (ref.total, 0, EXIT_OK)
     assert [e["index"] for e in manifest(out)] == list(range(ref.total))
+    (message,) = [r.getMessage() for r in caplog.records if "manifest" in r.getMessage()]
+    assert message == "manifest: dropped 1 duplicate line(s) (one line kept per sample)"
 
 
 def test_resume_with_batch_size_2(reference_run_b2, tmp_path, job_config, monkeypatch, sample_files):
@@ -195,10 +204,57 @@ def test_other_settings_on_the_same_out_are_refused(reference_run, copy_of, job_
     ref_out, ref = reference_run
     out = copy_of(ref_out)
     before = (out / "manifest.jsonl").read_bytes()
-    with pytest.raises(InputError, match="settings_hash") as exc:
+    with pytest.raises(InputError, match="sampler.steps: 4 there, 5 now") as exc:
         run_job(job_config(out, num=ref.total, steps=5), progress=False)
-    assert str(out) in str(exc.value)
+    assert str(out) in str(exc.value) and "resolution" not in str(exc.value)  # only what differs
     assert (out / "manifest.jsonl").read_bytes() == before
+    # The images are resized to the resolution: their pixels differ too.
+    with pytest.raises(InputError, match=r"resolution: 64 there, 128 now; seed: 0 there, 1 now;"
+                                         r" inputs: the same names, other pixels"):
+        run_job(job_config(out, num=ref.total, resolution=128, seed=1), progress=False)
+
+
+def test_other_batch_size_on_resume_is_refused_naming_both(reference_run, copy_of, job_config):
+    """The bytes depend on the batch size (batched CPU convolutions): a resume keeps it."""
+    ref_out, ref = reference_run
+    out = copy_of(ref_out)
+    before = (out / "manifest.jsonl").read_bytes()
+    with pytest.raises(InputError, match="--batch-size 2: the 3 finished sample") as exc:
+        run_job(job_config(out, num=ref.total + 1, batch_size=2), progress=False)
+    assert "--batch-size 1" in str(exc.value) and str(out) in str(exc.value)
+    assert (out / "manifest.jsonl").read_bytes() == before
+    assert run_job(job_config(out, num=ref.total + 1, batch_size=1), progress=False).generated == 1
+
+
+# ---------------------------------------------------------------------------------------
+# One run per output folder
+
+
+def test_run_on_a_folder_in_use_is_refused_and_writes_nothing(tmp_path, job_config):
+    out = tmp_path / "out"
+    with folder_lock(out):
+        with pytest.raises(InputError, match=f"in use by another run \\(pid {os.getpid()} on .*, started 20"):
+            run_job(job_config(out, num=1), progress=False)
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    report = run_job(job_config(out, num=1), progress=False)  # free again
+    assert report.exit_code == EXIT_OK and not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_is_held_for_the_whole_run(tmp_path, job_config, monkeypatch):
+    """A second run started while the first writes is refused: every index once."""
+    out, seen = tmp_path / "out", []
+    real = job.write_sample
+
+    def second_run_meanwhile(layout, sample, *args):
+        with pytest.raises(InputError, match="in use by another run"):
+            run_job(job_config(out, num=2), progress=False)
+        seen.append(sample.plan.index)
+        real(layout, sample, *args)
+
+    monkeypatch.setattr(job, "write_sample", second_run_meanwhile)
+    report = run_job(job_config(out, num=2), progress=False)
+    assert report.generated == 2 and seen == [0, 1]
+    assert [e["index"] for e in manifest(out)] == [0, 1]
 
 
 def test_unreadable_run_record_is_refused(tmp_path, job_config):
@@ -252,6 +308,13 @@ def test_missing_images_folder(tmp_path, job_config):
     with pytest.raises(InputError, match="not found") as exc:
         run_job(job_config(tmp_path / "out", num=1, images=tmp_path / "absent"), progress=False)
     assert str(tmp_path / "absent") in str(exc.value)
+
+
+def test_images_given_as_a_file(tmp_path, job_config, make_image):
+    path = make_image(tmp_path / "one.png")
+    with pytest.raises(InputError, match="is a file: expected a folder of images") as exc:
+        run_job(job_config(tmp_path / "out", num=1, images=path), progress=False)
+    assert str(path) in str(exc.value) and not (tmp_path / "out").exists()
 
 
 def test_missing_foreground_folder(tmp_path, job_config, make_image):
@@ -356,3 +419,84 @@ def test_missing_extras_leave_the_sample_out_of_the_contact_sheet_only(reference
     assert report.exit_code == 0 and report.generated == 0
     with Image.open(out / "contact_sheet_defect.png") as sheet:
         assert sheet.height < 3 * 160  # two rows of three
+
+
+# ---------------------------------------------------------------------------------------
+# Objects, thin defects, the foreground
+
+
+def small_objects(path: Path, size: int = 64, side: int = 14) -> Path:
+    """Four bright squares on a dark plain background (an object category)."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(30, 4, (size, size, 3))
+    for y, x in ((4, 4), (4, 40), (40, 4), (40, 40)):
+        image[y : y + side, x : x + side] = rng.normal(200, 6, (side, side, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def with_masks(cfg, **mask_settings):
+    gen = cfg.generation
+    return dataclasses.replace(cfg, generation=dataclasses.replace(gen, masks=dataclasses.replace(gen.masks, **mask_settings)))
+
+
+def test_procedural_defects_are_sized_to_small_objects(tmp_path, job_config):
+    images = tmp_path / "images"
+    small_objects(images / "objects.png")
+    out = tmp_path / "out"
+    report = run_job(with_masks(job_config(out, num=4, images=images), foreground="otsu"), progress=False)
+    assert (report.generated, report.exit_code) == (4, EXIT_OK), report.failed
+    for e in manifest(out):
+        trimap = read_gray(out / "extra" / "defect" / f"{e['index']:04d}_trimap.png")
+        mask = read_gray(out / e["mask"]) == 255
+        assert mask.any() and (trimap[mask] == 255).all() and (trimap == 0).sum() > 0.7 * trimap.size
+        assert max(e["placement"]["height"], e["placement"]["width"]) <= 14
+
+
+def test_a_run_that_makes_no_sample_is_an_error_with_a_hint(tmp_path, job_config, make_image):
+    images, fg, masks = tmp_path / "images", tmp_path / "fg", tmp_path / "masks"
+    make_image(images / "a.png")
+    fg.mkdir()
+    masks.mkdir()
+    half = np.zeros((64, 64), np.uint8)
+    half[:, :32] = 255
+    Image.fromarray(half).save(fg / "a.png")
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(masks / "everything.png")
+    report = run_job(job_config(tmp_path / "out", num=2, images=images, foreground=fg, masks=masks), progress=False)
+    assert report.generated == 0 and sorted(report.failed) == [0, 1]
+    assert report.exit_code == 1
+    assert "no sample could be made" in report.error and "--scale-range" in report.error and "--masks" in report.error
+
+
+def test_thin_scratch_at_a_small_scale_is_made_and_said(tmp_path, job_config):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    scratch = np.zeros((64, 64), np.uint8)
+    scratch[np.arange(5, 60), np.arange(5, 60)] = 255  # 1 px diagonal
+    Image.fromarray(scratch).save(masks / "scratch.png")
+    out = tmp_path / "out"
+    report = run_job(with_masks(job_config(out, num=2, masks=masks), scale=(0.25, 0.45)), progress=False)
+    assert (report.generated, report.exit_code) == (2, EXIT_OK), report.failed
+    assert report.thin_resampled == [0, 1]
+    for e in manifest(out):
+        assert e["placement"]["thin_resampled"] is True and e["defect_pixels"] >= 10
+
+
+def test_foreground_min_area_drops_a_lit_patch_of_background(tmp_path, job_config):
+    """A bright 12 x 12 patch beside the object: kept as foreground at the default 0.5%,
+    dropped with --foreground-min-area 0.05 (5% of the image); the trimap shows which."""
+    images = tmp_path / "images"
+    images.mkdir()
+    image = np.full((64, 64, 3), 30, np.uint8)
+    image[16:48, 16:48] = 200  # the object, 25% of the image
+    image[2:14, 50:62] = 210  # lit background, 3.5%
+    Image.fromarray(image).save(images / "a.png")
+
+    def trimap_of(out, **kw):
+        cfg = with_masks(dataclasses.replace(job_config(out, num=1, images=images), **kw), foreground="otsu")
+        assert run_job(cfg, progress=False).generated == 1
+        return read_gray(out / "extra" / "defect" / "0000_trimap.png")
+
+    assert (trimap_of(tmp_path / "default")[2:14, 50:62] > 0).all()
+    assert (trimap_of(tmp_path / "dropped", foreground_min_area=0.05)[2:14, 50:62] == 0).all()
