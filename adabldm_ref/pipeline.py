@@ -12,15 +12,29 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from .adaptation import AdaptResult, adapt_decoder
-from .config import LATENT_STRIDE, GenerationConfig
+from .config import LATENT_STRIDE, AdaptConfig, GenerationConfig
 from .masks import Placement, foreground_mask, latent_keep_mask, make_trimap, place_defect, resize_gray
 from .models import Models, encode_prompts, make_scheduler
 from .procedural import KINDS, procedural_mask
-from .quality import masked_psnr
-from .sampler import BlendTargets, ControlNetCFG, NoiseSource, VaeCodec, sample_blended
+from adabldm_core.metrics import masked_psnr
+from .sampler import (
+    BlendTargets,
+    Codec,
+    ControlNetCFG,
+    DdimSchedule,
+    EpsFn,
+    NoiseSource,
+    SchedulerStep,
+    Step,
+    VaeCodec,
+    ddim_schedule,
+    sample_blended,
+    stepped_scheduler,
+)
 
 
 def sample_seed(base_seed: int, index: int) -> int:
@@ -141,41 +155,122 @@ def plan_sample(
     return SamplePlan(index, seed, ok.name, mask_name, ok.rgb, trimap, mask, m_keep, placement)
 
 
-class AdaBLDM:
-    """The reference pipeline over loaded models (text embeddings computed once).
+# ---------------------------------------------------------------------------------------
+# The parts of a pipeline
 
-    Subclasses swap the networks (e.g. exported engines) by calling :meth:`_setup` with
-    their own codec and embeddings and overriding :meth:`_denoiser`; the sampler loop,
-    adaptation and bookkeeping stay the same.
+
+class Denoiser(Protocol):
+    def eps_fn(self, hint: torch.Tensor) -> EpsFn:
+        """eps(z, t) with classifier-free guidance for a batch of (B, 3, H, W) trimaps."""
+
+
+class Stepper(Protocol):
+    def step_for(self, denoiser: Denoiser, hint: torch.Tensor) -> Step:
+        """The denoising step of one batch."""
+
+
+class Adapter(Protocol):
+    def __call__(self, z: torch.Tensor, x_fg: torch.Tensor, x_ok: torch.Tensor,
+                 mask: torch.Tensor) -> list[AdaptResult]:
+        """Stage 4 for each row: z* (B, 4, h, w), x_fg / x_ok (B, 3, H, W), M (B, 1, H, W)."""
+
+
+def cfg_contexts(prompt_emb: torch.Tensor, empty_emb: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2b, 77, d) UNet context (uncond rows first) and ControlNet context (the empty prompt's)."""
+    text_ctx = torch.cat([empty_emb.expand(b, -1, -1), prompt_emb.expand(b, -1, -1)])
+    return text_ctx, empty_emb.expand(2 * b, -1, -1).contiguous()
+
+
+@dataclass(frozen=True)
+class ModuleDenoiser:
+    """The reference modules: UNet + ControlNet with CFG in one 2B batch.
+
+    embeddings: (2, 77, d), the prompt's then the empty prompt's."""
+
+    unet: torch.nn.Module
+    controlnet: torch.nn.Module
+    embeddings: torch.Tensor
+    guidance: float
+    control_scale: float
+
+    def eps_fn(self, hint: torch.Tensor) -> ControlNetCFG:
+        prompt_emb, empty_emb = self.embeddings.split(1)
+        text_ctx, control_ctx = cfg_contexts(prompt_emb, empty_emb, hint.shape[0])
+        return ControlNetCFG(self.unet, self.controlnet, text_ctx, control_ctx, hint, self.guidance, self.control_scale)
+
+
+@dataclass(frozen=True)
+class SchedulerStepper:
+    """The reference's steps: diffusers' ``DDIMScheduler.step`` on a private scheduler."""
+
+    scheduler: DDIMScheduler  # set to the step count; owned here, never set again
+    eta: float = 0.0
+
+    def step_for(self, denoiser: Denoiser, hint: torch.Tensor) -> SchedulerStep:
+        return SchedulerStep(denoiser.eps_fn(hint), self.scheduler, self.eta)
+
+
+@dataclass(frozen=True)
+class ReferenceAdapter:
+    """Stage 4 the reference's way: a fresh decoder copy per sample, one after another."""
+
+    vae: torch.nn.Module
+    cfg: AdaptConfig
+    latent_scale: float
+
+    def __call__(self, z, x_fg, x_ok, mask) -> list[AdaptResult]:
+        return [
+            adapt_decoder(self.vae, z[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1], mask[b : b + 1],
+                          self.cfg, self.latent_scale)
+            for b in range(z.shape[0])
+        ]
+
+
+def sample_quality(plan: SamplePlan, blended: np.ndarray, image: np.ndarray, adapted: AdaptResult) -> dict[str, float]:
+    """The figures recorded per sample: background PSNR before/after adaptation, its loss."""
+    keep = ~plan.mask
+    return {
+        "bg_psnr_before": masked_psnr(blended, plan.rgb, keep),
+        "bg_psnr_after": masked_psnr(image, plan.rgb, keep),
+        "adapt_loss_first": adapted.loss_first,
+        "adapt_loss_final": adapted.loss_final,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline
+
+
+class Pipeline:
+    """AdaBLDM composed of its parts: networks (a denoiser and a codec), a denoising step
+    and an adapter, each chosen once by a builder (:func:`reference_pipeline`,
+    ``adabldm_engine.runtime.engine_pipeline``). The loop, the plans and the bookkeeping
+    are the same whatever the parts. ``parts`` are closed with the pipeline (``with``).
     """
 
-    def __init__(self, models: Models, cfg: GenerationConfig, device: str | torch.device = "cpu"):
-        self.models = models
-        embeddings = encode_prompts(models, [cfg.prompt, ""])
-        codec = VaeCodec(models.vae, models.latent_scale)
-        self._setup(cfg, device, codec, embeddings, models.vae, models.latent_scale)
-
-    def _setup(self, cfg, device, codec, embeddings: torch.Tensor, adapt_vae, latent_scale: float) -> None:
-        """embeddings: (2, 77, d), the prompt's then the empty prompt's."""
+    def __init__(self, cfg: GenerationConfig, denoiser: Denoiser, codec: Codec, stepper: Stepper,
+                 adapter: Adapter, schedule: DdimSchedule, device: str | torch.device = "cpu",
+                 parts: Sequence = ()):
         self.cfg, self.device = cfg, torch.device(device)
-        self.scheduler = make_scheduler()
-        self.codec = codec
-        self.prompt_emb, self.empty_emb = embeddings.to(self.device).split(1)  # (1, 77, d) each
-        self.adapt_vae, self.latent_scale = adapt_vae, latent_scale
+        self.denoiser, self.codec, self.stepper, self.adapter = denoiser, codec, stepper, adapter
+        self.schedule = schedule
+        self.parts = tuple(parts)
+        self.closed = False
 
-    def _contexts(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(2b, 77, d) UNet context (uncond rows first) and ControlNet context (empty prompt)."""
-        text_ctx = torch.cat([self.empty_emb.expand(b, -1, -1), self.prompt_emb.expand(b, -1, -1)])
-        return text_ctx, self.empty_emb.expand(2 * b, -1, -1).contiguous()
+    def __enter__(self) -> "Pipeline":
+        return self
 
-    def _denoiser(self, hint: torch.Tensor):
-        text_ctx, control_ctx = self._contexts(hint.shape[0])
-        s = self.cfg.sampler
-        return ControlNetCFG(
-            self.models.unet, self.models.controlnet, text_ctx, control_ctx, hint, s.guidance, s.control_scale
-        )
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-    def _batch_inputs(self, plans: Sequence[SamplePlan]):
+    def close(self) -> None:
+        """Release the parts' resources (engine sessions, contexts); idempotent."""
+        if not self.closed:
+            self.closed = True
+            for part in self.parts:
+                part.deactivate()
+
+    def batch_inputs(self, plans: Sequence[SamplePlan]):
         """(noise source, z_T, blend targets, trimap hint) of a batch, noise drawn per sample."""
         dev = self.device
         noise = NoiseSource([torch.Generator().manual_seed(p.seed) for p in plans], dev)
@@ -191,10 +286,11 @@ class AdaBLDM:
     @torch.no_grad()
     def diffuse(self, plans: Sequence[SamplePlan], callback: Callable[[int], None] | None = None):
         """Stages 1-3 for a batch: (z*, x_ok, mask), z* (B, 4, h, w) scaled latents."""
-        noise, z_t, targets, hint = self._batch_inputs(plans)
-        z = sample_blended(
-            self._denoiser(hint), z_t, self.scheduler, self.cfg.sampler, targets, self.codec, noise, callback,
-        )
+        if self.closed:
+            raise RuntimeError("pipeline is closed")
+        noise, z_t, targets, hint = self.batch_inputs(plans)
+        step = self.stepper.step_for(self.denoiser, hint)
+        z = sample_blended(step, z_t, self.schedule, self.cfg.sampler, targets, self.codec, noise, callback)
         return z, targets.x_ok, targets.mask
 
     def run(
@@ -215,32 +311,15 @@ class AdaBLDM:
         diffusion_s = (time.perf_counter() - t0) / len(plans)
         rows = [b for b, plan in enumerate(plans) if finish is None or finish(plan)]
         t1 = time.perf_counter()
-        adapted = self._adapt_rows(z[rows], x_fg[rows], x_ok[rows], mask[rows])
+        adapted = self.adapter(z[rows], x_fg[rows], x_ok[rows], mask[rows])
         adapt_s = (time.perf_counter() - t1) / max(len(rows), 1)
-        return [
-            self._sample(plans[b], x_fg[b : b + 1], result, {"diffusion_s": diffusion_s, "adapt_s": adapt_s})
-            for b, result in zip(rows, adapted)
-        ]
-
-    def _adapt_rows(self, z, x_fg, x_ok, mask) -> list[AdaptResult]:
-        """Stage 4 for each row: a fresh decoder copy per sample (the reference loop)."""
-        return [
-            adapt_decoder(self.adapt_vae, z[b : b + 1], x_fg[b : b + 1], x_ok[b : b + 1],
-                          mask[b : b + 1], self.cfg.adapt, self.latent_scale)
-            for b in range(z.shape[0])
-        ]
-
-    def _sample(self, plan: SamplePlan, x_fg, adapted: AdaptResult, timings: dict) -> Sample:
-        """A finished sample with its quality figures."""
-        sample = Sample(plan, image=to_uint8(adapted.image), blended=to_uint8(x_fg), timings=timings)
-        keep = ~plan.mask
-        sample.quality = {
-            "bg_psnr_before": masked_psnr(sample.blended, plan.rgb, keep),
-            "bg_psnr_after": masked_psnr(sample.image, plan.rgb, keep),
-            "adapt_loss_first": adapted.loss_first,
-            "adapt_loss_final": adapted.loss_final,
-        }
-        return sample
+        samples = []
+        for b, result in zip(rows, adapted):
+            blended, image = to_uint8(x_fg[b : b + 1]), to_uint8(result.image)
+            samples.append(Sample(plans[b], image=image, blended=blended,
+                                  timings={"diffusion_s": diffusion_s, "adapt_s": adapt_s},
+                                  quality=sample_quality(plans[b], blended, image, result)))
+        return samples
 
     def generate(
         self,
@@ -256,3 +335,21 @@ class AdaBLDM:
         for k in range(0, num, batch_size):
             out.extend(self.run(plans[k : k + batch_size]))
         return out
+
+
+def reference_pipeline(models: Models, cfg: GenerationConfig, device: str | torch.device = "cpu",
+                       adapter: Adapter | None = None) -> Pipeline:
+    """The reference: the diffusers modules, diffusers' DDIM step, the per-sample adaptation
+    loop (or ``adapter``). Text embeddings are computed once here."""
+    embeddings = encode_prompts(models, [cfg.prompt, ""]).to(device)
+    s = cfg.sampler
+    scheduler = make_scheduler()
+    return Pipeline(
+        cfg,
+        ModuleDenoiser(models.unet, models.controlnet, embeddings, s.guidance, s.control_scale),
+        VaeCodec(models.vae, models.latent_scale),
+        SchedulerStepper(stepped_scheduler(scheduler, s.steps), s.eta),
+        adapter or ReferenceAdapter(models.vae, cfg.adapt, models.latent_scale),
+        ddim_schedule(scheduler, s.steps, device),
+        device,
+    )

@@ -158,12 +158,6 @@ def renoise_index(i: int, steps: int, mode: str) -> int | None:
     return i + 1 if i + 1 < steps else None
 
 
-def renoise_timestep(timesteps: torch.Tensor, i: int, mode: str) -> torch.Tensor | None:
-    """Timestep the pixel-blended x0 is re-noised to after step i (None: stay clean)."""
-    j = renoise_index(i, len(timesteps), mode)
-    return None if j is None else timesteps[j]
-
-
 def pixel_blend(codec: Codec, pred_x0: torch.Tensor, targets: BlendTargets, noise: NoiseSource) -> torch.Tensor:
     """The pixel stage's x0: decode, keep the OK image outside the defect mask, re-encode
     (the encoder's noise drawn here, in the reference's order)."""
@@ -172,36 +166,98 @@ def pixel_blend(codec: Codec, pred_x0: torch.Tensor, targets: BlendTargets, nois
     return codec.encode(x_b, noise.randn(*pred_x0.shape[1:]))
 
 
+class Step(Protocol):
+    def __call__(self, i: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoising step i from latent z (B, 4, h, w): (z_prev, pred_x0)."""
+
+
+@dataclass(frozen=True)
+class DdimSchedule:
+    """Per-step DDIM coefficients for one step count: the schedule as data.
+
+    timesteps: (S,) float32, t_i (981, 961, ..., 1 for 50 steps).
+    coef: (S, 4) float32, per step: sqrt(a_t), sqrt(1 - a_t), sqrt(a_prev), sqrt(1 - a_prev)
+    with a = alphas_cumprod, prev = t - 1000 / S (a_prev = final alpha past the start).
+    """
+
+    timesteps: torch.Tensor
+    coef: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.timesteps.shape[0])
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """q_sample(x0, t_i): sqrt(a_t) x0 + sqrt(1 - a_t) noise (diffusers' add_noise, same arithmetic)."""
+        return self.coef[i, 0] * x0 + self.coef[i, 1] * noise
+
+    def to(self, device: str | torch.device) -> "DdimSchedule":
+        return DdimSchedule(self.timesteps.to(device), self.coef.to(device))
+
+
+def stepped_scheduler(scheduler: DDIMScheduler, steps: int) -> DDIMScheduler:
+    """A private copy of ``scheduler`` set to ``steps`` steps (the given one is not mutated)."""
+    own = DDIMScheduler.from_config(scheduler.config)
+    own.set_timesteps(steps)
+    return own
+
+
+def ddim_schedule(scheduler: DDIMScheduler, steps: int, device: str | torch.device = "cpu") -> DdimSchedule:
+    """The coefficients diffusers' DDIMScheduler.step/add_noise use for ``steps`` steps."""
+    own = stepped_scheduler(scheduler, steps)
+    ts = own.timesteps.long()
+    ac = own.alphas_cumprod.to(torch.float32)
+    prev = ts - own.config.num_train_timesteps // own.num_inference_steps
+    final = torch.as_tensor(own.final_alpha_cumprod, dtype=torch.float32)
+    a_t = ac[ts]
+    a_prev = torch.where(prev >= 0, ac[prev.clamp(min=0)], final)
+    beta_t, beta_prev = 1 - a_t, 1 - a_prev
+    coef = torch.stack([a_t**0.5, beta_t**0.5, a_prev**0.5, beta_prev**0.5], dim=1)
+    return DdimSchedule(ts.to(torch.float32).to(device), coef.to(device))
+
+
+class SchedulerStep:
+    """The reference's step: CFG eps, then diffusers' ``DDIMScheduler.step`` (its own copy)."""
+
+    def __init__(self, eps_fn: EpsFn, scheduler: DDIMScheduler, eta: float = 0.0):
+        self.eps_fn, self.scheduler, self.eta = eps_fn, scheduler, eta
+
+    def __call__(self, i: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.scheduler.timesteps[i]
+        out = self.scheduler.step(self.eps_fn(z, t), t, z, eta=self.eta)
+        return out.prev_sample, out.pred_original_sample
+
+
 @torch.no_grad()
 def sample_blended(
-    eps_fn: EpsFn,
+    step: Step,
     z: torch.Tensor,
-    scheduler: DDIMScheduler,
+    schedule: DdimSchedule,
     cfg: SamplerConfig,
     targets: BlendTargets | None,
     codec: Codec | None,
     noise: NoiseSource,
     callback: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Run DDIM from z = z_T (B, 4, h, w); blend in the stage windows; return z_0.
+    """Run DDIM from z = z_T (B, 4, h, w) with ``step``; blend in the stage windows; return z_0.
 
+    The one denoising loop: ``step`` is the reference's (:class:`SchedulerStep`) or the
+    runtime's static-buffer one; the blends and the noise order are here, the same for both.
     With ``targets=None`` (or ``cfg.blend`` False) this is plain ControlNet DDIM.
     """
-    scheduler.set_timesteps(cfg.steps)
-    timesteps = scheduler.timesteps
+    if len(schedule) != cfg.steps:
+        raise ValueError(f"DDIM schedule of {len(schedule)} steps, sampler config has {cfg.steps}")
     plan = stage_plan(cfg)
     blend = cfg.blend and targets is not None
     latent_shape = tuple(z.shape[1:])
-    for i, t in enumerate(timesteps):
+    for i in range(cfg.steps):
         if blend and plan.latent_edit(i):
-            z_ok_t = scheduler.add_noise(targets.z_ok, noise.randn(*latent_shape), t)
+            z_ok_t = schedule.add_noise(targets.z_ok, noise.randn(*latent_shape), i)
             z = z_ok_t * targets.m_keep + z * (1 - targets.m_keep)  # latent blend
-        step = scheduler.step(eps_fn(z, t), t, z, eta=cfg.eta)
-        z = step.prev_sample
+        z, pred_x0 = step(i, z)
         if blend and plan.pixel_edit(i):
-            z0_b = pixel_blend(codec, step.pred_original_sample, targets, noise)
-            t_re = renoise_timestep(timesteps, i, cfg.renoise)
-            z = z0_b if t_re is None else scheduler.add_noise(z0_b, noise.randn(*latent_shape), t_re)
+            z0_b = pixel_blend(codec, pred_x0, targets, noise)
+            j = renoise_index(i, cfg.steps, cfg.renoise)
+            z = z0_b if j is None else schedule.add_noise(z0_b, noise.randn(*latent_shape), j)
         if callback is not None:
             callback(i)
-    return z
+    return z.clone()  # a step may return its own buffers

@@ -26,18 +26,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import copy
 import dataclasses
-import datetime
-import json
-import platform
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import diffusers
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
+from adabldm_core.metrics import masked_psnr, psnr
 from adabldm_engine.adaptation import (
     FastAdaptConfig,
     adapt_batch,
@@ -46,13 +40,23 @@ from adabldm_engine.adaptation import (
     stack_params,
     tail_forward,
 )
+from common import RESULTS, finish, header_lines, sd_size_vae, start, write_report
+from common import clock as wall_or_cpu_clock
+from torch.utils.flop_counter import FlopCounterMode
+
 from adabldm_ref.adaptation import adapt_decoder
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.models import SD15_VAE, build_tiny
-from adabldm_ref.pipeline import AdaBLDM, OkImage, ProceduralMasks, plan_sample, prepare_ok_image, to_tensor, to_uint8
-from adabldm_ref.quality import masked_psnr
+from adabldm_ref.models import build_tiny
+from adabldm_ref.pipeline import (
+    reference_pipeline,
+    OkImage,
+    ProceduralMasks,
+    plan_sample,
+    prepare_ok_image,
+    to_tensor,
+    to_uint8,
+)
 
-RESULTS = Path(__file__).parent / "results"
 GOAL = dict(speedup=10.0, bg_drop_db=0.5, defect_psnr_db=35.0)
 EXACT = FastAdaptConfig.reference()
 
@@ -139,8 +143,7 @@ def pretrain_vae(vae, imgs: torch.Tensor, steps: int, seed: int = 0, crop: int =
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         rec = vae.decode(vae.encode(imgs).latent_dist.mean).sample.clamp(-1, 1)
-    mse = ((rec - imgs) / 2).pow(2).mean(dim=(1, 2, 3))
-    return (10 * torch.log10(1 / mse)).tolist()
+    return [psnr(r, x, peak=2.0) for r, x in zip(rec, imgs)]  # images in [-1, 1]
 
 
 def make_inputs(n: int, device: torch.device, pretrain_steps: int):
@@ -153,7 +156,7 @@ def make_inputs(n: int, device: torch.device, pretrain_steps: int):
     textures = torch.cat([to_tensor(ok.rgb) for ok in oks])
     recon = pretrain_vae(models.vae, textures, pretrain_steps) if pretrain_steps else []
     cfg = GenerationConfig(sampler=SamplerConfig(steps=10), adapt=AdaptConfig(iters=0))
-    pipe = AdaBLDM(models, cfg)
+    pipe = reference_pipeline(models, cfg)
     plans = [plan_sample(i, cfg, oks[:2], ProceduralMasks()) for i in range(n)]  # brick and gravel
     z, x_ok, mask = pipe.diffuse(plans)
     with torch.no_grad():
@@ -162,22 +165,11 @@ def make_inputs(n: int, device: torch.device, pretrain_steps: int):
     return (models, *(t.to(device) for t in (z, x_fg, x_ok, mask)), plans), recon
 
 
-def sd_size_vae(seed: int = 0) -> diffusers.AutoencoderKL:
-    """The SD-1.5 VAE architecture with seeded random weights (speed does not depend on them)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        vae = diffusers.AutoencoderKL(**SD15_VAE)
-    return vae.eval().requires_grad_(False)
-
-
 def clock(device: torch.device) -> float:
-    """Seconds for timing. CPU: this process's CPU time / torch threads, which equals wall
-    time on an idle machine and, unlike wall time, does not grow when other jobs share the
-    cores. CUDA: wall time after a synchronize."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return time.perf_counter()
-    return time.process_time() / torch.get_num_threads()
+    """Seconds for timing (common.clock). CPU: this process's CPU time / torch threads,
+    which equals wall time on an idle machine and, unlike wall time, does not grow when
+    other jobs share the cores. CUDA: wall time after a synchronize."""
+    return wall_or_cpu_clock(device, cpu_time=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,19 +391,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def machine(device: torch.device) -> dict:
-    from bench_onnxruntime import cpu_name
-
-    info = dict(
-        cpu=cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(), python=platform.python_version(),
-        torch=torch.__version__, diffusers=diffusers.__version__, device=str(device),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-    )
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=3)
@@ -426,18 +405,17 @@ def main() -> None:
     device = torch.device(args.device)
     variants = variants_for(device)
     adapt = AdaptConfig(iters=args.iters)
-    started, load0, t0 = datetime.datetime.now().astimezone(), os.getloadavg(), time.perf_counter()
+    meta = start(__file__, device=device)
     inputs, recon = make_inputs(args.samples, device, args.pretrain_steps)
     print(f"inputs: {[pl.mask_source for pl in inputs[-1]]}", flush=True)
     rows = quality_rows(variants, inputs, adapt, device)
     fill_costs(rows, inputs, args.tiny_steps, args.sd_steps, device)
     chosen, why = choose_default(rows)
-    record = dict(
-        date=started.isoformat(timespec="seconds"), machine=machine(device), samples=args.samples,
+    record = finish(meta) | dict(
+        settings=vars(args), samples=args.samples,
         masks=[pl.mask_source for pl in inputs[-1]], sd_steps_timed=args.sd_steps,
         tiny_steps_timed=args.tiny_steps, pretrain_steps=args.pretrain_steps, recon_psnr_db=recon, iters=args.iters,
-        load_average_start=load0, load_average_end=os.getloadavg(),
-        wall_s=time.perf_counter() - t0, goal=GOAL, rows=[dataclasses.asdict(r) for r in rows],
+        goal=GOAL, rows=[dataclasses.asdict(r) for r in rows],
         chosen=chosen.name, chosen_config=dataclasses.asdict(as_config(chosen)), why=why,
         fast_adapt_config_default=dataclasses.asdict(FastAdaptConfig()),
         default_matches=same_computation(as_config(chosen), FastAdaptConfig()),
@@ -446,31 +424,13 @@ def main() -> None:
     write(args.out / f"adaptation_{device.type}{'' if args.pretrain_steps else '_random'}", record, rows)
 
 
-def finite(value):
-    """JSON has no infinity: inf (identical images) is written as the string "inf"."""
-    if isinstance(value, float) and value == float("inf"):
-        return "inf"
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def write(stem: Path, record: dict, rows: list[Row]) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(finite(record), indent=2, default=str) + "\n")
     m = record["machine"]
-    text = "\n".join([
+    lines = [
         f"# Online decoder adaptation: reference loop vs fast variants ({m['device']})",
         "",
-        f"Date {record['date']}; {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads,"
-        f" OMP_WAIT_POLICY={m['omp_wait_policy']})"
-        + (f", {m['gpu']}" if "gpu" in m else "")
-        + f"; torch {m['torch']}, diffusers {m['diffusers']}, Python {m['python']}.",
-        f"Load average at start {record['load_average_start'][0]:.2f}, at end"
-        f" {record['load_average_end'][0]:.2f} (the machine is shared; seconds are noisy);"
-        f" run took {record['wall_s']:.0f} s.",
+        *header_lines(record),
+        "",
         f"{record['samples']} samples of the tiny pipeline ({', '.join(record['masks'])}); the reference"
         f" adapts {record['iters']} full-decoder AdamW steps per sample, one sample at a time.",
         (f"Tiny decoder pre-trained {record['pretrain_steps']} steps as an autoencoder on the scikit-image"
@@ -503,10 +463,8 @@ def write(stem: Path, record: dict, rows: list[Row]) -> None:
         f" `{record['chosen_config']}`. FastAdaptConfig() is `{record['fast_adapt_config_default']}`"
         f" ({'the same computation' if record['default_matches'] else 'DIFFERENT: update it'}).",
         f"Rows meeting the goal: {', '.join(record['goal_met']) or 'none'}.",
-        "",
-    ])
-    stem.with_suffix(".md").write_text(text)
-    print(text)
+    ]
+    write_report(stem, record, lines)
 
 
 if __name__ == "__main__":

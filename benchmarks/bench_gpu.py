@@ -22,10 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import json
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -34,8 +30,18 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+from adabldm_core import metrics
+from common import (
+    RESULTS,
+    clock,
+    finish,
+    header_lines,
+    interleaved,
+    start,
+    timed,
+    write_report,
+)
 
-RESULTS = Path(__file__).parent / "results"
 # FLOP floor of the issue, TFLOP per latent row per step at 32 x 32 latents (CFG: 2 rows).
 FLOOR_TFLOP = {"unet": 0.20, "controlnet": 0.08}
 GOALS = {"step_speedup": 10.0, "floor_fraction": 0.40, "bulk_speedup": 20.0}
@@ -84,9 +90,8 @@ def floor_fraction(flops: float, seconds: float, peak_tflops: float) -> float:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = float((a.double() - b.double()).pow(2).mean())
-    return float("inf") if mse == 0 else 10 * float(torch.log10(torch.tensor(peak**2 / mse)))
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2): adabldm_core.metrics.psnr."""
+    return metrics.psnr(a, b, peak)
 
 
 def add_ratios(rows: list[dict], reference: str = REFERENCE) -> list[dict]:
@@ -162,7 +167,7 @@ def flops_per_row(unet_config, controlnet_config, context_dim: int, resolution: 
     from diffusers import ControlNetModel, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from adabldm_export.specs import ControlNetNet, UNetNet
+    from adabldm_ref.networks import ControlNetNet, UNetNet
 
     h = resolution // 8
     with torch.device("meta"):
@@ -184,32 +189,6 @@ def peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> float:
     a, b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
     t = timed(lambda: a @ b, device, reps)
     return tflops(2 * n**3, t)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable, device: torch.device, reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn`` (synchronised), after ``warmup`` untimed calls."""
-    return interleaved({"x": fn}, device, reps, warmup)["x"]
-
-
-def interleaved(fns: Mapping[str, Callable], device: torch.device, reps: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds of each callable, run round-robin so drifts hit all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 @contextlib.contextmanager
@@ -238,8 +217,13 @@ class Variant:
 
 def cuda_variants(models, res: int, device: torch.device, cfg: BenchConfig) -> list[Variant]:
     """PyTorch GPU variants: fp16 eager, fp16 + CUDA graph, compiled + CUDA graph."""
-    from adabldm_engine.cuda_backend import TorchCudaBackend, TorchCudaConfig, torch_cuda_engines
-    from adabldm_export.specs import network_modules, network_specs
+    from adabldm_engine.cuda_backend import (
+        TorchCudaBackend,
+        TorchCudaConfig,
+        torch_cuda_engines,
+    )
+
+    from adabldm_ref.networks import network_modules, network_specs
 
     fp16 = torch_cuda_engines(models, res, TorchCudaConfig(dtype="fp16"), device)
     variants = [Variant("PyTorch fp16 eager", fp16)]
@@ -265,7 +249,8 @@ def export_graphs(models, res: int, tmp: Path) -> dict[str, Path]:
     import copy
 
     from adabldm_export.onnx_export import export_onnx
-    from adabldm_export.specs import network_modules, network_specs
+
+    from adabldm_ref.networks import network_modules, network_specs
 
     specs, modules = network_specs(models, res), network_modules(models)
     return {n: export_onnx(specs[n], copy.deepcopy(modules[n]()).cpu(), tmp / f"{n}.onnx", batch=1) for n in EXPORTED}
@@ -274,7 +259,8 @@ def export_graphs(models, res: int, tmp: Path) -> dict[str, Path]:
 def ort_variant(models, res, device, graphs: dict[str, Path], base: dict) -> Variant:
     """ONNX Runtime's CUDA execution provider over the exported fp32 graphs."""
     from adabldm_engine.backends import OrtBackend
-    from adabldm_export.specs import network_specs
+
+    from adabldm_ref.networks import network_specs
 
     specs = network_specs(models, res)
     engines = {**base, **{n: OrtBackend(specs[n], graphs[n], str(device)) for n in EXPORTED}}
@@ -283,11 +269,12 @@ def ort_variant(models, res, device, graphs: dict[str, Path], base: dict) -> Var
 
 def trt_variant(models, res, device, graphs: dict[str, Path], base: dict, batches: Sequence[int], tmp: Path) -> Variant:
     """TensorRT fp16 engines (one dynamic profile per network, opt = largest batch)."""
+    from adabldm_core.precision import choose_precision, fp16_onnx
     from adabldm_engine.trt_backend import EngineFile, TrtBackend
-    from adabldm_export.precision import choose_precision, fp16_onnx
-    from adabldm_export.specs import network_specs
+    from adabldm_engine.trt_cache import TrtBuildConfig, engine_profiles
     from adabldm_export.trt_build import build_engine, check_plan
-    from adabldm_export.trt_cache import TrtBuildConfig, engine_profiles
+
+    from adabldm_ref.networks import network_specs
 
     specs, cfg = network_specs(models, res), TrtBuildConfig(dynamic=True, opt_level=2)
     engines, notes = dict(base), []
@@ -382,7 +369,7 @@ class Context:
 
 def parity_reference(ctx: Context, name: str) -> tuple[dict, torch.Tensor]:
     """The seeded batch-1 feed of ``name`` and the strict-fp32 reference output on it (cached)."""
-    from adabldm_export.specs import random_inputs
+    from adabldm_core.specs import random_inputs
 
     if name not in ctx.parity_refs:
         spec = ctx.reference[name].spec
@@ -417,6 +404,7 @@ def step_runner(ctx: Context, v: Variant, b: int):
     from adabldm_engine.graphed import StepRunner
     from adabldm_engine.runtime import EngineCFG
     from adabldm_engine.step import ddim_table
+
     from adabldm_ref.models import make_scheduler
 
     h = ctx.cfg.resolution // 8
@@ -468,16 +456,16 @@ def pipeline(ctx: Context, v: Variant, gen):
     """The reference AdaBLDM (v.engines None) or the graphed engine pipeline of v, whose
     stage 4 is engine/adaptation.py's batched adaptation (bf16, channels-last on CUDA)."""
     from adabldm_engine.adaptation import FastAdaptConfig
-    from adabldm_engine.graphed import GraphedEnginePipeline
-    from adabldm_ref.pipeline import AdaBLDM
+
+    from adabldm_ref.pipeline import reference_pipeline
 
     m = ctx.models
     if v.engines is None:
-        return AdaBLDM(m, gen, ctx.device)
+        return reference_pipeline(m, gen, ctx.device)
     cuda = ctx.device.type == "cuda"  # bf16 tensor cores want NHWC convolutions
     fast = FastAdaptConfig(precision="bf16" if cuda else "fp32", channels_last=cuda)
-    return GraphedEnginePipeline(v.engines, m.tokenizer, m.vae, m.latent_scale, gen, device=ctx.device, graphs=v.graphs,
-                                 fast_adapt=fast)
+    return engine_pipeline(v.engines, m.tokenizer, m.vae, m.latent_scale, gen, device=ctx.device, graphs=v.graphs,
+                                 fast_adapt=fast, static_step=True)
 
 
 def sample_rows(ctx: Context, variants: Sequence[Variant]) -> list[dict]:
@@ -502,11 +490,9 @@ def sample_rows(ctx: Context, variants: Sequence[Variant]) -> list[dict]:
 
 def bulk_once(ctx: Context, pipe, plans) -> float:
     """Seconds for diffusion + adaptation of ``plans`` (one batch; the pipeline's own stage 4)."""
-    sync(ctx.device)
-    t0 = time.perf_counter()
+    t0 = clock(ctx.device)
     pipe.run(plans)
-    sync(ctx.device)
-    return time.perf_counter() - t0
+    return clock(ctx.device) - t0
 
 
 def bulk_rows(ctx: Context, variants: Sequence[Variant], budget: Budget) -> list[dict]:
@@ -550,17 +536,15 @@ def ok_images(res: int):
     return [OkImage("brick", prepare_ok_image(data.brick(), res)), OkImage("gravel", prepare_ok_image(data.gravel(), res))]
 
 
-def meta(cfg: BenchConfig, device: torch.device, ctx: Context | None, argv: Sequence[str]) -> dict:
-    from adabldm_export.bundle import tool_versions
-
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none (CPU)"
-    return {"date": datetime.datetime.now().isoformat(timespec="minutes"), "gpu": gpu,
-            "cuda": torch.version.cuda, "platform": platform.platform(), "versions": tool_versions(),
+def meta(cfg: BenchConfig, ctx: Context | None, began: dict) -> dict:
+    """The run's record: common.start's (``began``: date, machine, versions, command), the
+    end of the run (common.finish), settings, FLOP count and peak."""
+    return finish(began) | {
+            "gpu": began["machine"].get("gpu", "none (CPU)"),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
             "flops_per_row_tflop": {k: v / 1e12 for k, v in ctx.flops.items()} if ctx else {},
             "floor_tflop_of_issue": FLOOR_TFLOP, "peak_tflops_fp16_matmul": ctx.peak if ctx else None,
-            "reference_flags": "PyTorch defaults (cuDNN TF32 on, matmul TF32 off); parity against TF32-off fp32",
-            "command": "python benchmarks/bench_gpu.py " + " ".join(argv)}
+            "reference_flags": "PyTorch defaults (cuDNN TF32 on, matmul TF32 off); parity against TF32-off fp32"}
 
 
 def run(cfg: BenchConfig, argv: Sequence[str] = (), log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
@@ -568,6 +552,7 @@ def run(cfg: BenchConfig, argv: Sequence[str] = (), log: Callable[[str], None] =
     from adabldm_engine.runtime import torch_engines
 
     budget, device = Budget(cfg.budget_s), torch.device(cfg.device)
+    began = start(__file__, argv, device)
     log(f"building the {cfg.model} model on {device} ...")
     models = build_models(cfg, device)
     flops = flops_per_row(models.unet.config, models.controlnet.config, models.text_encoder.config.hidden_size,
@@ -582,7 +567,7 @@ def run(cfg: BenchConfig, argv: Sequence[str] = (), log: Callable[[str], None] =
         base = variants[1].engines
         variants += onnx_variants(models, cfg.resolution, device, cfg, base, budget, Path(tmp))
         rows = measure(ctx, variants, budget, log)
-    return add_ratios(rows), meta(cfg, device, ctx, argv)
+    return add_ratios(rows), meta(cfg, ctx, began)
 
 
 def measure(ctx: Context, variants: list[Variant], budget: Budget, log) -> list[dict]:
@@ -610,18 +595,14 @@ def write(rows: list[dict], info: dict, folder: Path) -> list[str]:
     st = info["settings"]
     model = "random-weight SD-1.5 size" if st["model"] == "sd15" else f"{st['model']} model (dry run)"
     lines = [f"# GPU backends against the fp32 PyTorch reference ({model}, {st['resolution']} px, {st['device']})", "",
-             f"- date: {info['date']}", f"- GPU: {info['gpu']} (CUDA {info['cuda']})",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             *header_lines(info),
              "- FLOPs per latent row (meta-device count): "
              + ", ".join(f"{k} {v:.3f} TFLOP" for k, v in info["flops_per_row_tflop"].items())
              + f"; the issue's floor: UNet {FLOOR_TFLOP['unet']}, ControlNet {FLOOR_TFLOP['controlnet']}",
              f"- FLOP floor rate: measured fp16 matmul peak {info['peak_tflops_fp16_matmul']:.0f} TFLOP/s",
-             f"- reference: {info['reference_flags']}", f"- command: `{info['command']}`", "",
+             f"- reference: {info['reference_flags']}", "",
              *format_table(rows), "", "Goals:", *goal_checks(rows)]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "gpu.json").write_text(json.dumps({"meta": info, "rows": rows}, indent=2, default=str))
-    (folder / "gpu.md").write_text("\n".join(lines) + "\n")
-    return lines
+    return write_report(Path(folder) / "gpu", {"meta": info, "rows": rows}, lines)
 
 
 def parse(argv: Sequence[str]) -> BenchConfig:
@@ -648,8 +629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: this benchmark needs a CUDA GPU (use --dry-run for the CPU check)", file=sys.stderr)
         return 1
     rows, info = run(cfg, argv, log=lambda s: print(s, flush=True))
-    lines = write(rows, info, cfg.results) if cfg.results else [*format_table(rows), "", *goal_checks(rows)]
-    print("\n".join(lines))
+    if cfg.results:
+        write(rows, info, cfg.results)  # prints the report
+    else:
+        print("\n".join([*format_table(rows), "", *goal_checks(rows)]))
     return 0
 
 

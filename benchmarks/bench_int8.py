@@ -18,27 +18,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-from bench_onnxruntime import header_lines, interleaved, machine, write_report  # one timer and record format
-
 from adabldm_calibration.capture import FOLDER, load_capture, ok_images_of
-from adabldm_calibration.int8 import (INT8_PSNR_FLOOR_DB, Int8Config, int8_engines, parity, parity_plans, quantizable_nodes,
-                                      quantize)
+from adabldm_calibration.int8 import (
+    INT8_PSNR_FLOOR_DB,
+    Int8Config,
+    int8_engines,
+    parity,
+    parity_plans,
+    quantizable_nodes,
+    quantize,
+)
 from adabldm_calibration.loader import CapturedLoader
 from adabldm_calibration.precision_map import rel_l2
 from adabldm_engine.backends import OrtBackend
-from adabldm_engine.runtime import EnginePipeline, bundle_engines
-from adabldm_export.bundle import Bundle, ExportConfig, export_bundle, tool_versions
-from adabldm_ref.models import build_tiny
+from adabldm_engine.bundle import Bundle
+from adabldm_engine.runtime import engine_pipeline, bundle_engines
+from adabldm_export.bundle import ExportConfig, export_bundle
+from common import RESULTS, finish, header_lines, interleaved, start, write_report
 
-RESULTS = Path(__file__).parent / "results"
+from adabldm_ref.models import build_tiny
 
 
 def call_speed(spec, fp32_path: Path, int8_path: Path, feeds_by_batch: dict, reps: int, model: str) -> list[dict]:
@@ -46,7 +49,7 @@ def call_speed(spec, fp32_path: Path, int8_path: Path, feeds_by_batch: dict, rep
     rows = []
     for batch, feeds in feeds_by_batch.items():
         feed = feeds[len(feeds) // 2]
-        t = interleaved({"fp32": lambda f=feed: fp32.infer(f), "int8": lambda f=feed: int8.infer(f)}, reps)
+        t = interleaved({"fp32": lambda f=feed: fp32.infer(f), "int8": lambda f=feed: int8.infer(f)}, "cpu", reps)
         err = rel_l2([[int8.infer(f)["eps"].clone()] for f in feeds], [[fp32.infer(f)["eps"].clone()] for f in feeds])
         rows.append({"model": model, "what": "unet_control call", "batch": batch, "fp32_s": t["fp32"],
                      "int8_s": t["int8"], "speedup": t["fp32"] / t["int8"], "rel_l2": err})
@@ -82,9 +85,9 @@ def sensitivity(bundle: Bundle, cap, loader, cfg: Int8Config, tmp: Path) -> list
 def diffusion_speed(bundle: Bundle, int8_path: Path, oks, cfg: Int8Config) -> dict:
     gen, plans = parity_plans(oks, cfg, seed=1)
     tokenizer, vae = bundle.tokenizer(), bundle.adapt_vae()
-    pipes = {name: EnginePipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen)
+    pipes = {name: engine_pipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen)
              for name, engines in (("fp32", bundle_engines(bundle, "onnxruntime")), ("int8", int8_engines(bundle, int8_path)))}
-    t = interleaved({k: (lambda p=p: p.diffuse(plans[:1])) for k, p in pipes.items()}, reps=3)
+    t = interleaved({k: (lambda p=p: p.diffuse(plans[:1])) for k, p in pipes.items()}, "cpu", reps=3)
     return {"model": "tiny", "what": f"sample diffusion ({cfg.parity_steps} steps)", "batch": 1, "fp32_s": t["fp32"],
             "int8_s": t["int8"], "speedup": t["fp32"] / t["int8"]}
 
@@ -157,8 +160,10 @@ def sd15_width_models():
 def bench_sd15_width(reps: int, tmp: Path) -> list[dict]:
     """One unet_control call at SD-1.5 widths, 256 px; calibrated on random feeds (speed only)."""
     from adabldm_calibration.capture import Capture
+    from adabldm_core.specs import random_inputs
     from adabldm_export.onnx_export import export_onnx
-    from adabldm_export.specs import network_modules, network_specs, random_inputs
+
+    from adabldm_ref.networks import network_modules, network_specs
 
     models = sd15_width_models()
     spec = network_specs(models, 256)["unet_control"]
@@ -172,8 +177,6 @@ def bench_sd15_width(reps: int, tmp: Path) -> list[dict]:
 
 
 def write(rows: list[dict], info: dict, meta: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int8_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows, "tiny": info}, indent=2))
     p = info["parity"]
     verdict = "passes: offer INT8" if p["passes"] else "fails: do not offer INT8"
     fmt = lambda x: f"{x:.1f}" if isinstance(x, float) else str(x)  # noqa: E731
@@ -204,7 +207,7 @@ def write(rows: list[dict], info: dict, meta: dict) -> None:
                   f"Main setting: {info['settings']['method']}, {info['quantised_nodes']} nodes quantised.", "",
                   "| setting | nodes quantised | worst PSNR vs FP32 (dB) |", "|---|---|---|"]
         lines += [f"| {s['setting']} | {s['quantised_nodes']} | {fmt(s['min_psnr_db'])} |" for s in info["sensitivity"]]
-    write_report(RESULTS / "int8_cpu.md", lines)
+    write_report(RESULTS / "int8_cpu", {"meta": finish(meta), "rows": rows, "tiny": info}, lines)
 
 
 def main() -> None:
@@ -219,11 +222,7 @@ def main() -> None:
     ap.add_argument("--sensitivity", action="store_true",
                     help="also the parity of other calibration methods and of parts left in float (minutes)")
     args = ap.parse_args()
-    cmd = "python benchmarks/bench_int8.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("sd15", "sensitivity")) + "".join(
-        f" --{k}" for k in ("sd15", "sensitivity") if getattr(args, k))
-    meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": machine(),
-            "versions": tool_versions(), "command": cmd, "floor_db": INT8_PSNR_FLOOR_DB}
+    meta = start(__file__) | {"settings": vars(args), "floor_db": INT8_PSNR_FLOOR_DB}
     with tempfile.TemporaryDirectory() as tmp:
         rows, info = bench_tiny(args, Path(tmp))
         write(rows, info, meta)  # the tiny figures stand even if the large model fails

@@ -11,35 +11,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
+from adabldm_core.specs import random_inputs
 from adabldm_engine.backends import OrtBackend, TorchBackend
-from adabldm_engine.runtime import EnginePipeline, bundle_engines, torch_engines
-from adabldm_export.bundle import Bundle, ExportConfig, export_bundle, tool_versions
+from adabldm_engine.bundle import Bundle
+from adabldm_engine.runtime import engine_pipeline, bundle_engines, torch_engines
+from adabldm_export.bundle import ExportConfig, export_bundle
 from adabldm_export.onnx_export import export_onnx
-from adabldm_export.specs import network_modules, network_specs, random_inputs
 from adabldm_export.validate import agreement
+from common import RESULTS, finish, header_lines, interleaved, start, write_report
+
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import build_random_sd15, build_tiny
+from adabldm_ref.networks import network_modules, network_specs
 from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def interleaved(fns: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each callable on the CPU, round-robin after one warm-up call each
-    (the first ORT run allocates, the first torch run picks kernels): bench_gpu's timer."""
-    from bench_gpu import interleaved as timed_round_robin
-
-    return timed_round_robin(fns, torch.device("cpu"), reps, warmup=1)
 
 
 def ort_unet_optimized(path: Path, out: Path) -> Path | None:
@@ -84,7 +73,7 @@ def bench_tiny_networks(models, bundle: Bundle, reps: int) -> list[dict]:
         for batch in (1, 4):
             feed = random_inputs(spec, batch, torch.Generator().manual_seed(batch), vocab=514)
             fns = {"torch": lambda: ref.infer(feed)} | {k: (lambda b=b: b.infer(feed)) for k, b in variants.items()}
-            t = interleaved(fns, reps)
+            t = interleaved(fns, "cpu", reps)  # one warm-up: the first ORT run allocates
             expected = ref.infer(feed)[spec.output_names[0]].clone()
             for k, backend in variants.items():
                 err = agreement(backend.infer(feed)[spec.output_names[0]], expected)
@@ -102,11 +91,11 @@ def bench_tiny_sample(models, bundle: Bundle, steps: int, adapt_iters: int) -> l
     oks = [OkImage("brick", prepare_ok_image(data.brick(), 256))]
     plans = [plan_sample(0, cfg, oks, ProceduralMasks(("blob",)))]
     pipes = {
-        "torch": EnginePipeline(torch_engines(models, 256), models.tokenizer, models.vae, models.latent_scale, cfg),
-        "onnxruntime": EnginePipeline(bundle_engines(bundle, "onnxruntime"), bundle.tokenizer(),
+        "torch": engine_pipeline(torch_engines(models, 256), models.tokenizer, models.vae, models.latent_scale, cfg),
+        "onnxruntime": engine_pipeline(bundle_engines(bundle, "onnxruntime"), bundle.tokenizer(),
                                       bundle.adapt_vae(), bundle.manifest["latent_scale"], cfg),
     }
-    diff = interleaved({k: (lambda p=p: p.diffuse(plans)) for k, p in pipes.items()}, reps=3)
+    diff = interleaved({k: (lambda p=p: p.diffuse(plans)) for k, p in pipes.items()}, "cpu", reps=3)
     adapt = {}
     for k, p in pipes.items():
         sample = p.run(plans)[0]
@@ -136,7 +125,7 @@ def bench_sd15_step(reps: int, tmp: Path) -> list[dict]:
         feed = random_inputs(spec, 1, torch.Generator().manual_seed(0))
         ref = TorchBackend(spec, module)
         ort = OrtBackend(spec, path)
-        t = interleaved({"torch": lambda: ref.infer(feed), "onnxruntime": lambda: ort.infer(feed)}, reps)
+        t = interleaved({"torch": lambda: ref.infer(feed), "onnxruntime": lambda: ort.infer(feed)}, "cpu", reps)
         expected = ref.infer(feed)[spec.output_names[0]].clone()
         err = agreement(ort.infer(feed)[spec.output_names[0]], expected)
         # onnxruntime.transformers' UNet fusions are tried on the tiny graph only: on this
@@ -147,43 +136,10 @@ def bench_sd15_step(reps: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def cpu_name() -> str:
-    """The processor's model name (/proc/cpuinfo), or "unknown"."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def machine() -> dict:
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
-
-
-def header_lines(meta: dict) -> list[str]:
-    """Date, machine, versions and command of a results file (``meta`` as main() makes it)."""
-    m = meta["machine"]
-    return [f"- date: {meta['date']}", f"- machine: {m['cpu']}, {m['cores']} cores (torch threads {m['torch_threads']})",
-            "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
-            f"- command: `{meta['command']}`"]
-
-
-def write_report(path: Path, lines: list[str]) -> None:
-    path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
 def write(rows: list[dict], meta: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "onnxruntime_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# PyTorch eager vs ONNX Runtime (CPU)", "",
-        *header_lines(meta),
-        f"- load average at start: {meta['load_average_at_start']:.1f}, at end: {os.getloadavg()[0]:.1f}"
-        " (the machine is shared; variants are interleaved so drift hits all alike)", "",
+        *header_lines(meta), "",
         "| model | what | batch | torch s | onnxruntime s | speed-up | rel. L2 |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -191,7 +147,7 @@ def write(rows: list[dict], meta: dict) -> None:
         err = f"{r['rel_l2']:.1e}" if "rel_l2" in r else ""
         lines.append(f"| {r['model']} | {r['what']} | {r['batch']} | {r['torch_s']:.4f} | {r['ort_s']:.4f}"
                      f" | {r['speedup']:.2f}x | {err} |")
-    write_report(RESULTS / "onnxruntime_cpu.md", lines)
+    write_report(RESULTS / "onnxruntime_cpu", {"meta": meta, "rows": rows}, lines)
 
 
 def main() -> None:
@@ -201,11 +157,7 @@ def main() -> None:
     ap.add_argument("--adapt-iters", type=int, default=200)
     ap.add_argument("--skip-sd15", action="store_true")
     args = ap.parse_args()
-    meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": machine(),
-            "load_average_at_start": os.getloadavg()[0],
-            "versions": tool_versions(), "command": "python benchmarks/bench_onnxruntime.py"
-            f" --reps {args.reps} --steps {args.steps} --adapt-iters {args.adapt_iters}"
-            + (" --skip-sd15" if args.skip_sd15 else "")}
+    meta = start(__file__) | {"settings": vars(args)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -218,7 +170,7 @@ def main() -> None:
         if not args.skip_sd15:
             print("SD-1.5-size random model ...")
             rows += bench_sd15_step(max(2, args.reps // 2), tmp)
-    write(rows, meta)
+    write(rows, finish(meta))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ class CalibrateConfig:
 
 def calibrate(models: Models, cfg: CalibrateConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Run the steps ``cfg`` asks for on the bundle; returns what was written and measured."""
-    from adabldm_engine.io import write_json
-    from adabldm_export.bundle import Bundle
+    from adabldm_core.io import write_json
+    from adabldm_engine.bundle import Bundle
 
     bundle = Bundle.open(cfg.bundle)
     bundle.check(identity=models.identity())
@@ -71,7 +71,7 @@ def precision_map(bundle, models: Models, cap: Capture, cfg: PrecisionConfig, ne
     """The precision-map entry of each network (search in PyTorch, nodes and ORT figures from the bundle's graphs)."""
     import onnx
 
-    from adabldm_export.specs import network_modules
+    from adabldm_ref.networks import network_modules
 
     modules = network_modules(models)
     split = "controlnet" in bundle.manifest["networks"]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adabldm_engine.io import file_sha256, read_versioned_json
+from adabldm_core.io import file_sha256, read_versioned_json
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import Models
 from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
@@ -106,7 +106,7 @@ class Capture:
 def ok_images(cfg: CaptureConfig) -> list[OkImage]:
     """The user's images (``cfg.images``) or scikit-image textures, at most ``max_images``."""
     if cfg.images:
-        from adabldm_engine.io import read_image
+        from adabldm_core.io import read_image
 
         chosen = [(Path(p).name, read_image(p)) for p in cfg.images[: cfg.max_images]]
     else:
@@ -126,17 +126,17 @@ def capture(models: Models, cfg: CaptureConfig) -> Capture:
     Samples ``0 .. n*samples_per_image - 1`` (sample i uses image ``i % n``) run in
     batches of ``cfg.batch``. Deterministic: same models and config, same tensors.
     """
-    from adabldm_engine.runtime import EnginePipeline, RecordingBackend, torch_engines
+    from adabldm_engine.runtime import RecordingBackend, engine_pipeline, torch_engines
 
     oks = ok_images(cfg)
     gen = cfg.generation()
     engines = {k: RecordingBackend(v) for k, v in torch_engines(models, cfg.resolution).items()}
-    pipe = EnginePipeline(engines, models.tokenizer, models.vae, models.latent_scale, gen)
     masks = ProceduralMasks(tuple(cfg.mask_kinds))
     plans = [plan_sample(i, gen, oks, masks) for i in range(len(oks) * cfg.samples_per_image)]
     starts = range(0, len(plans), cfg.batch)
-    for k in tqdm(starts, desc="capture", unit="batch", disable=None):  # shown on a terminal only
-        pipe.run(plans[k : k + cfg.batch])
+    with engine_pipeline(engines, models.tokenizer, models.vae, models.latent_scale, gen) as pipe:
+        for k in tqdm(starts, desc="capture", unit="batch", disable=None):  # shown on a terminal only
+            pipe.run(plans[k : k + cfg.batch])
     settings = {
         "config": cfg.to_dict(),
         "ok_images": [{"name": ok.name, "sha256": hashlib.sha256(ok.rgb.tobytes()).hexdigest()} for ok in oks],
@@ -195,7 +195,7 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def save_capture(cap: Capture, folder: str | Path) -> Path:
     """Write ``cap`` into ``folder`` (captured.npz, then capture.json); returns the JSON path."""
-    from adabldm_engine.io import write_json
+    from adabldm_core.io import write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def main(bundle, model, controlnet, allow_pickle, reuse_capture, ok_images, step
     only if final images stay within the quality floor (PSNR vs FP32, same seeds); exit 1
     on any error.
     """
-    from adabldm_engine.io import list_images
+    from adabldm_core.io import list_images
     from adabldm_ref.models import load_models
 
     from .calibrate import CalibrateConfig, calibrate

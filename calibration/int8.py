@@ -15,10 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from adabldm_engine.io import file_sha256
-from adabldm_ref.quality import masked_psnr
+from adabldm_core.io import file_sha256
+from adabldm_core.metrics import psnr
 
 from .capture import CaptureError
 from .loader import CapturedLoader, ort_calibration_reader
@@ -100,11 +98,6 @@ def quantize(fp32_path: str | Path, out_path: str | Path, loader: CapturedLoader
 # End-to-end parity
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 images over all pixels (inf if identical)."""
-    return masked_psnr(a, b, np.ones(a.shape[:2], dtype=bool))
-
-
 @dataclass(frozen=True)
 class Int8Parity:
     """Per held-out sample: PSNR of INT8 vs FP32 final images (and before adaptation)."""
@@ -152,15 +145,14 @@ def int8_engines(bundle, int8_path: str | Path, threads: int | None = None) -> d
 
 def parity(bundle, int8_path: str | Path, ok_images, cfg: Int8Config = Int8Config(), seed: int = 1) -> Int8Parity:
     """Run FP32 and INT8 engine pipelines on the same held-out plans and compare final images."""
-    from adabldm_engine.runtime import EnginePipeline, bundle_engines
+    from adabldm_engine.runtime import bundle_engines, engine_pipeline
 
     gen, plans = parity_plans(ok_images, cfg, seed)
     tokenizer, vae = bundle.tokenizer(), bundle.adapt_vae()  # shared: adaptation trains per-sample copies
     samples = {}
     for name, engines in (("fp32", bundle_engines(bundle, "onnxruntime")), ("int8", int8_engines(bundle, int8_path))):
-        pipe = EnginePipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen)
-        samples[name] = pipe.run(plans)
-        pipe.close()
+        with engine_pipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen) as pipe:
+            samples[name] = pipe.run(plans)
     pairs = list(zip(samples["fp32"], samples["int8"]))
     return Int8Parity(tuple(psnr(b.image, a.image) for a, b in pairs),
                       tuple(psnr(b.blended, a.blended) for a, b in pairs), cfg.floor_db)

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from adabldm_export.specs import NetworkSpec
+from adabldm_core.specs import NetworkSpec
 
 from .capture import Capture, CaptureError, as_numpy
 
@@ -134,8 +134,8 @@ def captured_feeds(models, cap: Capture, resolution: int, limit: int | None, spl
     torch tensors; with ``split_controlnet`` also those of the split ControlNet and UNet
     graphs, derived from unet_control's by running the ControlNet."""
     from adabldm_engine.backends import TorchBackend
-    from adabldm_export.specs import network_modules, network_specs
-    from adabldm_export.validate import split_feeds
+    from adabldm_ref.networks import network_modules, network_specs
+    from adabldm_ref.networks import split_feeds
 
     specs = network_specs(models, resolution)  # the captured (folded) networks
     feeds = {name: CapturedLoader(cap, name, specs[name], batch=1, limit=limit).torch_feeds() for name in cap.networks}

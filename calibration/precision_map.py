@@ -15,7 +15,7 @@ A layer is kept in FP32 for one of two reasons:
 
 The map names torch modules and the ONNX nodes they became (the TorchScript exporter
 names nodes after module scopes: ``/unet/unet/down_blocks.0/resnets.0/conv1/Conv``). An
-FP16 ONNX conversion blocks those nodes (:func:`adabldm_export.precision.fp16_onnx`; a strongly typed TensorRT
+FP16 ONNX conversion blocks those nodes (:func:`adabldm_core.precision.fp16_onnx`; a strongly typed TensorRT
 engine built from it inherits the map), a weakly typed TensorRT build sets those layers'
 precision (``adabldm_calibration.trt.keep_fp32_layers``). Written to
 ``<bundle>/calibration/precision.json``.
@@ -33,8 +33,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from adabldm_export.precision import FP16_MAX
-from adabldm_export.specs import NetworkSpec
+from adabldm_core.precision import FP16_MAX
+from adabldm_core.specs import NetworkSpec
 
 CANDIDATE_TYPES = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)  # layers with weights
 MAP_FILE = "precision.json"
@@ -384,7 +384,7 @@ def map_entry(result: NetworkPrecision, block_nodes: Sequence[str], onnxruntime:
 
 
 def write_precision_map(folder: str | Path, entries: Mapping[str, dict], cfg: PrecisionConfig, capture_sha256: str) -> Path:
-    from adabldm_engine.io import write_json
+    from adabldm_core.io import write_json
 
     path = Path(folder) / MAP_FILE
     write_json(path, {"format_version": MAP_VERSION, "settings": dataclasses.asdict(cfg),
@@ -394,7 +394,7 @@ def write_precision_map(folder: str | Path, entries: Mapping[str, dict], cfg: Pr
 
 def read_precision_map(folder: str | Path) -> dict[str, dict]:
     """{network: entry} of ``folder``/precision.json; {} when the bundle has no map."""
-    from adabldm_engine.io import read_versioned_json
+    from adabldm_core.io import read_versioned_json
 
     path = Path(folder) / MAP_FILE
     if not path.is_file():

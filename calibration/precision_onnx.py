@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from adabldm_export.precision import fp16_onnx
-from adabldm_export.specs import NetworkSpec
+from adabldm_core.precision import fp16_onnx
+from adabldm_core.specs import NetworkSpec
 
 from .precision_map import inside, json_number, rel_l2
 
@@ -83,7 +83,8 @@ def onnxruntime_fp16_errors(graph: str | Path, spec: NetworkSpec, feeds, block_n
     from adabldm_engine.backends import OrtBackend
 
     def outputs(backend):
-        return [[t.clone() for t in backend.infer(f).values()] for f in feeds]
+        with backend:
+            return [[t.clone() for t in backend.infer(f).values()] for f in feeds]
 
     ref = outputs(OrtBackend(spec, graph))
     result: dict = {"note": ORT_NOTE}

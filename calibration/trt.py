@@ -10,7 +10,7 @@ Nothing here can run on a machine without TensorRT: its tests skip there.
 - :func:`keep_fp32_layers`: for a weakly typed network, the layers of the precision map's
   ONNX nodes get FP32 precision and outputs (with ``precision_constraints="obey"``). A
   strongly typed FP16 build takes its types from the FP16 ONNX graph instead, which
-  :func:`adabldm_export.precision.fp16_onnx` makes with the same nodes kept FP32.
+  :func:`adabldm_core.precision.fp16_onnx` makes with the same nodes kept FP32.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.optim.adamw import adamw
 
-from adabldm_ref.adaptation import adaptation_loss
+from adabldm_core.precision import ADAPT_PRECISIONS, Precision
+from adabldm_ref.adaptation import AdaptResult, adaptation_loss
 from adabldm_ref.config import AdaptConfig
 
 ALL = "all"
@@ -75,7 +76,7 @@ class FastAdaptConfig:
     # AVX512-BF16/AMX); "fp32": reference. Measured on such a CPU: 2.1-2.2x cheaper per sample
     # at SD-1.5 size, -0.05 dB background and 49.5 dB defect PSNR vs the reference (0.6-0.7x
     # on the tiny decoder). Opt-in (adabldm-run --adapt-precision bf16): not the reference's result.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = Precision.FP32
     # NHWC activations and conv weights (each sample's copy): the layout oneDNN's and
     # cuDNN's fastest convolutions want; the same arithmetic up to fp32 rounding (after 200
     # steps the tiny decoder's 8-bit images equal the reference's). Measured on the CPU, a
@@ -95,15 +96,14 @@ class FastAdaptConfig:
             raise ValueError(f"patience={self.patience}: expected >= 1")
         if self.batching not in ("vmap", "loop"):
             raise ValueError(f"batching={self.batching!r}: expected 'vmap' or 'loop'")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={self.precision!r}: expected 'fp32' or 'bf16'")
+        object.__setattr__(self, "precision", Precision.of(self.precision, ADAPT_PRECISIONS, "adaptation precision"))
 
     @classmethod
     def reference(cls) -> "FastAdaptConfig":
         """Every shortcut off: the reference loop's computation, sample by sample."""
         return cls(
             trainable=ALL, cache_frozen=False, iters=None, lr=None, early_stop_tol=0.0,
-            batching="loop", precision="fp32", channels_last=False,
+            batching="loop", precision=Precision.FP32, channels_last=False,
         )
 
     @property
@@ -354,7 +354,7 @@ def adapt_batch(
     iters = adapt_cfg.iters if fast.iters is None else fast.iters
     lr = adapt_cfg.lr if fast.lr is None else fast.lr
     head, tail = split_decoder(vae.decoder, fast.trainable)
-    amp = torch.autocast(z_star.device.type, torch.bfloat16, enabled=fast.precision == "bf16")
+    amp = torch.autocast(z_star.device.type, torch.bfloat16, enabled=fast.precision is Precision.BF16)
     z = z_star / latent_scale
     if fast.channels_last:  # conv outputs follow their input's layout from here on
         z = z.contiguous(memory_format=torch.channels_last)
@@ -406,3 +406,20 @@ def adapt_batch(
         if iters == 0:
             out.loss_first[act.index] = loss
     return BatchAdaptResult(out.images, out.loss_first, out.loss_final, out.steps)
+
+
+@dataclass(frozen=True)
+class BatchedAdapter:
+    """Stage 4 of all rows at once (:func:`adapt_batch`); ``fast``'s default is the reference's result."""
+
+    vae: torch.nn.Module
+    cfg: AdaptConfig
+    fast: FastAdaptConfig
+    latent_scale: float
+
+    def __call__(self, z, x_fg, x_ok, mask) -> list[AdaptResult]:
+        r = adapt_batch(self.vae, z, x_fg, x_ok, mask, self.cfg, self.fast, self.latent_scale)
+        return [
+            AdaptResult(image=r.images[b : b + 1], loss_first=float(r.loss_first[b]), loss_final=float(r.loss_final[b]))
+            for b in range(z.shape[0])
+        ]

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import torch
 
-from adabldm_export.specs import NetworkSpec
+from adabldm_core.specs import NetworkSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 # torch: the reference modules; onnxruntime: the bundle's graphs (CPU, or CUDA with
@@ -26,7 +26,10 @@ class BackendError(ValueError):
 
 
 class Backend(ABC):
-    """A network behind a uniform call: dict of named tensors in, dict out."""
+    """A network behind a uniform call: dict of named tensors in, dict out.
+
+    A backend has a lifetime, as Polygraphy's runners: ``activate`` (load a session, build
+    contexts) before ``infer``, ``deactivate`` after; ``with backend:`` does both."""
 
     graph_safe = False  # True: a call can be captured in a CUDA graph (engine/graphed.py)
 
@@ -45,9 +48,16 @@ class Backend(ABC):
             self._deactivate()
             self.active = False
 
+    def __enter__(self) -> "Backend":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
     def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs by name for ``feed``; the backend must be active (``with backend:`` or activate())."""
         if not self.active:
-            self.activate()
+            raise BackendError(f"{self.spec.name}: backend not active; use `with backend:` or call activate() first")
         return self._infer(feed, self.check(feed))
 
     def check(self, feed: Mapping[str, torch.Tensor]) -> int:

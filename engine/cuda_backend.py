@@ -12,14 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from adabldm_export.precision import FP32_FALLBACK, choose_precision, probe_finite
-from adabldm_export.specs import NetworkSpec, network_modules, network_specs
+from adabldm_core.precision import FP32_FALLBACK, TORCH_CUDA_PRECISIONS, Precision, choose_precision, probe_finite
+from adabldm_core.specs import NetworkSpec
+from adabldm_ref.networks import network_modules, network_specs
 from adabldm_ref.models import Models
 
 from .backends import Backend, BackendError
-
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
 
 @dataclass(frozen=True)
 class TorchCudaConfig:
@@ -27,7 +25,7 @@ class TorchCudaConfig:
 
     # Weights and activations: "fp16" (tensor cores, FP32 fallback for unsafe VAEs),
     # "bf16" (FP32's range, coarser mantissa) or "fp32".
-    dtype: str = "fp16"
+    dtype: Precision = Precision.FP16
     # NHWC activations and conv weights: what cuDNN's tensor-core convolutions want.
     channels_last: bool = True
     # torch.compile (Inductor) each module; one compile per input shape (dynamic=False).
@@ -39,8 +37,7 @@ class TorchCudaConfig:
     fp32_fallback: tuple[str, ...] = FP32_FALLBACK
 
     def __post_init__(self) -> None:
-        if self.dtype not in TORCH_DTYPES:
-            raise ValueError(f"dtype {self.dtype!r}: expected one of {', '.join(TORCH_DTYPES)}")
+        object.__setattr__(self, "dtype", Precision.of(self.dtype, TORCH_CUDA_PRECISIONS, "torch-cuda dtype"))
         if self.compile_mode not in ("default", "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode {self.compile_mode!r}: expected 'default' or 'max-autotune-no-cudagraphs'"
                              " (modes with CUDA graphs would nest inside the step's graph)")
@@ -58,7 +55,7 @@ class TorchCudaBackend(Backend):
                  device: str | torch.device = "cuda"):
         super().__init__(spec)
         self.source, self.cfg, self.device = module, cfg, torch.device(device)
-        self.dtype = TORCH_DTYPES[cfg.dtype]
+        self.dtype = cfg.dtype.dtype
         self.module = None
 
     def _activate(self) -> None:

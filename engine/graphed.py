@@ -1,64 +1,62 @@
-"""The denoising step on static buffers, replayed from one CUDA graph when it can be.
+"""The static-buffer denoising step, replayed from one CUDA graph when it can be.
 
-A :class:`StepRunner` owns the step's inputs (latent, timestep, coefficients, blend
-targets, noise) as fixed tensors. Eagerly, a call runs :func:`ddim_blend_step` on them;
-with ``graph=True`` the whole step (engine call(s), CFG combine, DDIM update, latent
-blend) is captured once in a ``torch.cuda.CUDAGraph`` and every later call is a replay,
-so a 50-step sample costs 50 graph launches instead of thousands of kernel launches.
-Capture follows PyTorch's documented recipe: warm-up on a side stream, then capture.
+A :class:`StepRunner` owns the step's inputs (latent, timestep, coefficients) as fixed
+tensors. Eagerly, a call runs :func:`ddim_step` on them; with ``graph=True`` the step
+(engine call(s), CFG combine, DDIM update) is captured once in a ``torch.cuda.CUDAGraph``
+and every later call is a replay, so a 50-step sample costs 50 graph launches instead of
+thousands of kernel launches. Capture follows PyTorch's documented recipe: warm-up on a
+side stream, then capture. The blends run in the one loop around the step
+(:func:`adabldm_ref.sampler.sample_blended`): a few element-wise ops on the latent.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol
 
 import torch
 
-from adabldm_ref.pipeline import SamplePlan
-from adabldm_ref.sampler import BlendTargets
+from adabldm_ref.sampler import DdimSchedule
 
-from .runtime import EnginePipeline
-from .step import DdimTable, EpsFn, ddim_blend_step, ddim_table, sample_blended_static
+from .step import ddim_step
 
 WARMUP_STEPS = 2  # eager runs before capture: lazy inits, cuDNN/TensorRT first-call work
 
 
-class StepRunner:
-    """Step i of the blended DDIM loop on static buffers, eager or as a CUDA-graph replay.
+class HintedEps(Protocol):
+    """An eps function whose constant inputs stay at fixed addresses (EngineCFG)."""
 
-    ``eps_fn`` must read only tensors that stay at fixed addresses (an :class:`EngineCFG`
-    does: its constant feed is built once). Outputs are the runner's own buffers, valid
-    until the next call.
+    def __call__(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+
+    def set_hint(self, hint: torch.Tensor) -> None:
+        """Write another batch's trimaps into the constant hint buffer, in place."""
+
+
+class StepRunner:
+    """Step i of DDIM on static buffers, eager or as a CUDA-graph replay.
+
+    The buffers are allocated (and the graph captured) at the first call, from that
+    latent's shape. Outputs are the runner's own buffers, valid until the next call.
     """
 
-    def __init__(self, eps_fn: EpsFn, table: DdimTable, z_ok: torch.Tensor, m_keep: torch.Tensor, graph: bool = False):
-        self.eps_fn, self.table = eps_fn, table
-        dev = z_ok.device
-        self.z = torch.zeros_like(z_ok)
-        self.noise = torch.zeros_like(z_ok)
-        self.z_ok, self.m_keep = z_ok.clone(), m_keep.clone()
-        self.t = torch.zeros((), device=dev)
-        self.coef = table.coef[0].clone()
-        self.blend = torch.zeros((), device=dev)
+    def __init__(self, eps_fn: HintedEps, schedule: DdimSchedule, graph: bool = False):
+        self.eps_fn, self.schedule, self.use_graph = eps_fn, schedule, graph
+        self.z: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._out: tuple[torch.Tensor, torch.Tensor] | None = None
-        if graph:
+
+    def _allocate(self, z: torch.Tensor) -> None:
+        self.z = torch.zeros_like(z)
+        self.t = torch.zeros((), device=z.device)
+        self.coef = self.schedule.coef[0].clone()
+        if self.use_graph:
             self._capture()
 
-    def load(self, z_ok: torch.Tensor, m_keep: torch.Tensor) -> None:
-        """New blend targets for the next batch (same shapes)."""
-        self.z_ok.copy_(z_ok)
-        self.m_keep.copy_(m_keep)
-
     def _run(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return ddim_blend_step(self.eps_fn, self.z, self.t, self.coef, self.blend, self.z_ok, self.m_keep, self.noise)
+        return ddim_step(self.eps_fn, self.z, self.t, self.coef)
 
-    def _set(self, i: int, z: torch.Tensor, noise: torch.Tensor | None) -> None:
+    def _set(self, i: int, z: torch.Tensor) -> None:
         self.z.copy_(z)
-        self.t.copy_(self.table.timesteps[i])
-        self.coef.copy_(self.table.coef[i])
-        self.blend.fill_(0.0 if noise is None else 1.0)
-        if noise is not None:
-            self.noise.copy_(noise)
+        self.t.copy_(self.schedule.timesteps[i])
+        self.coef.copy_(self.schedule.coef[i])
 
     @torch.no_grad()
     def _capture(self) -> None:
@@ -75,50 +73,34 @@ class StepRunner:
             self._out = self._run()
 
     @torch.no_grad()
-    def __call__(self, i: int, z: torch.Tensor, noise: torch.Tensor | None = None):
-        """(z_prev, pred_x0) of step i from latent z; ``noise`` given = latent-blend step."""
-        self._set(i, z, noise)
+    def __call__(self, i: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_prev, pred_x0) of step i from latent z."""
+        if self.z is None:
+            self._allocate(z)
+        self._set(i, z)
         if self.graph is None:
             return self._run()
         self.graph.replay()
         return self._out
 
 
-class GraphedEnginePipeline(EnginePipeline):
-    """:class:`EnginePipeline` whose denoising loop runs on a :class:`StepRunner`.
+class StaticStepper:
+    """Steps on static buffers, one runner (and graph) kept per batch size.
 
-    Same plans, noise order and outputs as the reference loop. ``graphs=None`` captures
-    the step in a CUDA graph when the device is CUDA and the UNet+ControlNet backend says
-    it is graph safe (TensorRT, compiled/eager PyTorch CUDA); one runner (and graph) is
-    kept per batch size and reloaded with each batch's targets.
+    ``graphs`` captures each runner's step in a CUDA graph (CUDA devices, graph-safe
+    backends only); a later batch of the same size is written into the runner's hint
+    buffer, which the captured graph reads. Deterministic DDIM only (eta 0).
     """
 
-    def __init__(self, *args, graphs: bool | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.cfg.sampler.eta != 0:  # ddim_blend_step has no stochastic term
-            raise ValueError(f"sampler eta={self.cfg.sampler.eta}: the static-buffer loop runs"
-                             " deterministic DDIM only (eta 0); use EnginePipeline for eta > 0")
-        if graphs is None:
-            graphs = self.device.type == "cuda" and self.unet_control.graph_safe
-        self.graphs = graphs
-        self.table = ddim_table(self.scheduler, self.cfg.sampler.steps, self.device)
+    def __init__(self, schedule: DdimSchedule, graphs: bool = False):
+        self.schedule, self.graphs = schedule, graphs
         self._runners: dict[int, StepRunner] = {}
 
-    def _step_runner(self, hint: torch.Tensor, targets: BlendTargets) -> StepRunner:
+    def step_for(self, denoiser, hint: torch.Tensor) -> StepRunner:
         b = hint.shape[0]
         runner = self._runners.get(b)
         if runner is None:
-            eps = self._denoiser(hint)
-            runner = self._runners[b] = StepRunner(eps, self.table, targets.z_ok, targets.m_keep, self.graphs)
+            runner = self._runners[b] = StepRunner(denoiser.eps_fn(hint), self.schedule, self.graphs)
         else:
             runner.eps_fn.set_hint(hint)  # in place: a captured graph reads that buffer
-            runner.load(targets.z_ok, targets.m_keep)
         return runner
-
-    @torch.no_grad()
-    def diffuse(self, plans: Sequence[SamplePlan], callback=None):
-        """Stages 1-3 for a batch: (z*, x_ok, mask); inputs prepared as AdaBLDM.diffuse."""
-        noise, z_t, targets, hint = self._batch_inputs(plans)
-        runner = self._step_runner(hint, targets)
-        z = sample_blended_static(runner, z_t, self.table, self.cfg.sampler, targets, self.codec, noise, callback)
-        return z, targets.x_ok, targets.mask

@@ -7,19 +7,20 @@ stays in PyTorch, on the decoder weights shipped in the bundle.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
-from adabldm_export.specs import network_modules, network_specs
-from adabldm_ref.adaptation import AdaptResult
+from adabldm_ref.networks import network_modules, network_specs
 from adabldm_ref.config import GenerationConfig
-from adabldm_ref.models import Models, prompt_ids
-from adabldm_ref.pipeline import AdaBLDM
-from adabldm_ref.sampler import guide
+from adabldm_ref.models import Models, make_scheduler, prompt_ids
+from adabldm_ref.pipeline import Pipeline, SchedulerStepper, cfg_contexts
+from adabldm_ref.sampler import ddim_schedule, guide, stepped_scheduler
 
-from .adaptation import FastAdaptConfig, adapt_batch
+from .adaptation import BatchedAdapter, FastAdaptConfig
 from .backends import Backend, TorchBackend
+from .graphed import StaticStepper
 
 
 class EngineCFG:
@@ -69,6 +70,14 @@ class SplitUNetControl(Backend):
         """Capturable in a CUDA graph when both halves are (engine/graphed.py)."""
         return self.controlnet.graph_safe and self.unet.graph_safe
 
+    def _activate(self) -> None:
+        self.controlnet.activate()
+        self.unet.activate()
+
+    def _deactivate(self) -> None:
+        self.controlnet.deactivate()
+        self.unet.deactivate()
+
     def _infer(self, feed, batch):
         names = self.controlnet.spec.input_names
         residuals = self.controlnet.infer({n: feed[n] for n in names})
@@ -82,6 +91,12 @@ class RecordingBackend(Backend):
     def __init__(self, inner: Backend):
         super().__init__(inner.spec)
         self.inner, self.feeds = inner, []
+
+    def _activate(self) -> None:
+        self.inner.activate()
+
+    def _deactivate(self) -> None:
+        self.inner.deactivate()
 
     def _infer(self, feed, batch):
         self.feeds.append({k: v.detach().clone() for k, v in feed.items()})
@@ -101,42 +116,71 @@ def encode_prompts_engine(text_encoder: Backend, tokenizer, prompts: list[str], 
     return text_encoder.infer({"input_ids": ids.to(device)})["text_embeddings"].clone()
 
 
-class EnginePipeline(AdaBLDM):
-    """AdaBLDM over engines: same plans, same sampler, same adaptation, same outputs."""
+@dataclass(frozen=True)
+class EngineDenoiser:
+    """CFG eps over the ``unet_control`` engine. embeddings: (2, 77, d), prompt then empty prompt."""
 
-    def __init__(
-        self,
-        engines: Mapping[str, Backend],
-        tokenizer,
-        adapt_vae,
-        latent_scale: float,
-        cfg: GenerationConfig,
-        device: str | torch.device = "cpu",
-        fast_adapt: FastAdaptConfig | None = None,
-    ):
-        self.fast_adapt = fast_adapt or FastAdaptConfig()  # default: the reference's result
-        self.engines = dict(engines)
-        self.unet_control = self.engines["unet_control"]
-        embeddings = encode_prompts_engine(self.engines["text_encoder"], tokenizer, [cfg.prompt, ""], device)
-        codec = EngineCodec(self.engines["vae_encoder"], self.engines["vae_decoder"])
-        self._setup(cfg, device, codec, embeddings, adapt_vae, latent_scale)
+    net: Backend
+    embeddings: torch.Tensor
+    guidance: float
+    control_scale: float
 
-    def _denoiser(self, hint: torch.Tensor) -> EngineCFG:
-        text_ctx, control_ctx = self._contexts(hint.shape[0])
-        s = self.cfg.sampler
-        return EngineCFG(self.unet_control, text_ctx, control_ctx, hint, s.guidance, s.control_scale)
+    def eps_fn(self, hint: torch.Tensor) -> EngineCFG:
+        prompt_emb, empty_emb = self.embeddings.split(1)
+        text_ctx, control_ctx = cfg_contexts(prompt_emb, empty_emb, hint.shape[0])
+        return EngineCFG(self.net, text_ctx, control_ctx, hint, self.guidance, self.control_scale)
 
-    def _adapt_rows(self, z, x_fg, x_ok, mask) -> list[AdaptResult]:
-        """Stage 4 of all rows at once (engine/adaptation.py; exact by default)."""
-        r = adapt_batch(self.adapt_vae, z, x_fg, x_ok, mask, self.cfg.adapt, self.fast_adapt, self.latent_scale)
-        return [
-            AdaptResult(image=r.images[b : b + 1], loss_first=float(r.loss_first[b]), loss_final=float(r.loss_final[b]))
-            for b in range(z.shape[0])
-        ]
 
-    def close(self) -> None:
-        for engine in self.engines.values():
+def engine_pipeline(
+    engines: Mapping[str, Backend],
+    tokenizer,
+    adapt_vae,
+    latent_scale: float,
+    cfg: GenerationConfig,
+    device: str | torch.device = "cpu",
+    fast_adapt: FastAdaptConfig | None = None,
+    static_step: bool = False,
+    graphs: bool | None = None,
+) -> Pipeline:
+    """AdaBLDM over engines: same plans, same loop, same adaptation, same outputs.
+
+    The engines are activated here and closed with the pipeline. ``fast_adapt`` (default:
+    the reference's result) configures the batched adaptation; ``static_step`` runs the
+    denoising step on static buffers (deterministic DDIM only), captured in a CUDA graph
+    when ``graphs`` (None: on CUDA where the UNet+ControlNet backend is graph safe).
+    """
+    engines = dict(engines)
+    for engine in engines.values():
+        engine.activate()
+    try:
+        device = torch.device(device)
+        embeddings = encode_prompts_engine(engines["text_encoder"], tokenizer, [cfg.prompt, ""], device)
+        s = cfg.sampler
+        scheduler = make_scheduler()
+        schedule = ddim_schedule(scheduler, s.steps, device)
+        if static_step:
+            if s.eta != 0:  # ddim_step has no stochastic term
+                raise ValueError(f"sampler eta={s.eta}: the static-buffer step runs deterministic DDIM"
+                                 " only (eta 0); use the scheduler step for eta > 0")
+            if graphs is None:
+                graphs = device.type == "cuda" and engines["unet_control"].graph_safe
+            stepper = StaticStepper(schedule, graphs)
+        else:
+            stepper = SchedulerStepper(stepped_scheduler(scheduler, s.steps), s.eta)
+        return Pipeline(
+            cfg,
+            EngineDenoiser(engines["unet_control"], embeddings, s.guidance, s.control_scale),
+            EngineCodec(engines["vae_encoder"], engines["vae_decoder"]),
+            stepper,
+            BatchedAdapter(adapt_vae, cfg.adapt, fast_adapt or FastAdaptConfig(), latent_scale),
+            schedule,
+            device,
+            parts=tuple(engines.values()),
+        )
+    except BaseException:
+        for engine in engines.values():
             engine.deactivate()
+        raise
 
 
 def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | None = None,
@@ -148,7 +192,7 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
     same modules in FP16 on a CUDA device (the built-in tiny model needs no ``models``);
     'onnxruntime' and 'tensorrt' run the bundle's graphs / engines.
     """
-    from adabldm_export.specs import NetworkSpec
+    from adabldm_core.specs import NetworkSpec
 
     from .backends import BACKENDS, BackendError, OrtBackend
 

@@ -17,9 +17,9 @@ from typing import Sequence
 
 import torch
 
-from adabldm_export.trt_cache import EngineCache, EngineProfile, StaleEngineError
 
 from .backends import DTYPES, Backend, BackendError
+from .trt_cache import EngineCache, EngineProfile, StaleEngineError, TrtUnavailableError, current_environment, trt_logger
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,6 @@ class TrtBackend(Backend):
         self._bound: dict[int, _Bound] = {}
 
     def _activate(self) -> None:
-        from adabldm_export.trt_build import trt_logger
-
         trt = _tensorrt()
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise BackendError(f"{self.spec.name}: TensorRT runs on a CUDA device, not {self.device}")
@@ -165,8 +163,6 @@ class TrtBackend(Backend):
 def trt_engines(bundle, device: str = "cuda") -> dict[str, TrtBackend]:
     """A TrtBackend per network of ``bundle`` from the engines that fit this machine;
     StaleEngineError (naming the mismatch and the rebuild command) where none does."""
-    from adabldm_export.trt_build import TrtUnavailableError, current_environment
-
     try:
         env = current_environment(device)
     except TrtUnavailableError as exc:

@@ -16,28 +16,23 @@ import datetime
 import json
 import logging
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from adabldm_engine.io import file_sha256, read_versioned_json, write_json
+from adabldm_core.io import file_sha256, write_json
+from adabldm_core.precision import EXPORT_PRECISIONS, Precision
+from adabldm_engine.bundle import DECODER_KEYS, FORMAT_VERSION, MANIFEST, BundleError
 from adabldm_ref.config import SchedulerConfig
 from adabldm_ref.models import Models
+from adabldm_ref.networks import network_modules, network_specs
 
 from .onnx_export import copy_graph, export_onnx, slim
-from .specs import NetworkSpec, network_modules, network_specs
 from .validate import TOLERANCES, ExportValidationError, compare, random_feeds
 
 log = logging.getLogger("adabldm.export")
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-DECODER_KEYS = ("decoder.", "post_quant_conv.")
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, unfinished, modified or made for something else."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,7 @@ class ExportConfig:
     dynamo: bool = False  # torch.export-based exporter (opset 18) instead of TorchScript
     split_controlnet: bool = False  # ControlNet and UNet as two graphs
     simplify: bool = True  # onnxslim, kept only where outputs stay within tolerance
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32
     capture_steps: int = 10  # reference steps run to capture real inputs
     ok_images: tuple[str, ...] = ()  # the user's OK images for the capture; empty: scikit-image textures
     force: bool = False  # overwrite a non-empty --out
@@ -57,8 +52,7 @@ class ExportConfig:
     def __post_init__(self):
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes {self.batch_sizes}: expected positive integers")
-        if self.precision not in TOLERANCES:
-            raise ValueError(f"precision {self.precision!r}: expected one of {sorted(TOLERANCES)}")
+        object.__setattr__(self, "precision", Precision.of(self.precision, EXPORT_PRECISIONS, "export precision"))
 
 
 def tool_versions() -> dict[str, str]:
@@ -207,96 +201,3 @@ def _write_tokenizer(models: Models, out: Path) -> dict:
     models.tokenizer.save_pretrained(out / "tokenizer")
     files = sorted(p for p in (out / "tokenizer").iterdir() if p.is_file())
     return {"dir": "tokenizer", "sha256": {f"tokenizer/{p.name}": file_sha256(p) for p in files}}
-
-
-# ---------------------------------------------------------------------------------------
-# Reading
-
-
-@dataclass
-class Bundle:
-    root: Path
-    manifest: dict = field(repr=False)
-
-    @classmethod
-    def open(cls, root: str | Path, verify: bool = True) -> "Bundle":
-        """Read and check a bundle; BundleError names what is wrong and how to re-export."""
-        root = Path(root)
-        redo = f"re-export it: adabldm-export --out {root} --force (with the --model/--controlnet it was made from)"
-        if not root.is_dir():
-            raise BundleError(f"bundle not found: {root}")
-        if not (root / MANIFEST).is_file():
-            raise BundleError(f"{root} has no {MANIFEST} (unfinished or not a bundle); {redo}")
-        manifest = read_versioned_json(root / MANIFEST, FORMAT_VERSION, "bundle", redo, BundleError)
-        bundle = cls(root, manifest)
-        if verify:
-            bundle.verify_files(redo)
-        return bundle
-
-    def hashed_files(self) -> dict[str, str]:
-        m = self.manifest
-        files = {}
-        for entry in m["networks"].values():
-            files.update(entry["sha256"])
-        files.update(m["adaptation"]["sha256"])
-        files.update(m["tokenizer"]["sha256"])
-        return files
-
-    def verify_files(self, redo: str) -> None:
-        for rel, digest in self.hashed_files().items():
-            path = self.root / rel
-            if not path.is_file():
-                raise BundleError(f"bundle file missing: {path}; {redo}")
-            if file_sha256(path) != digest:
-                raise BundleError(f"bundle file modified since export: {path} (sha256 differs); {redo}")
-
-    @property
-    def resolution(self) -> int:
-        return int(self.manifest["resolution"])
-
-    @property
-    def identity(self) -> str:
-        return self.manifest["model"]["identity"]
-
-    def check(self, resolution: int | None = None, identity: str | None = None) -> None:
-        """Refuse a bundle made for another resolution or another model."""
-        if resolution is not None and resolution != self.resolution:
-            raise BundleError(
-                f"bundle {self.root} is for {self.resolution} px, not {resolution} px; export one for it:"
-                f" adabldm-export --resolution {resolution} --out NEW_DIR (with your --model/--controlnet)"
-            )
-        if identity is not None and identity != self.identity:
-            raise BundleError(
-                f"bundle {self.root} was exported from model {self.identity}, not {identity} (weights"
-                " differ); re-export from this model: adabldm-export --model M --controlnet C --out NEW_DIR"
-            )
-
-    def spec(self, name: str) -> NetworkSpec:
-        from .specs import TensorSpec
-
-        entry = self.manifest["networks"][name]
-        def tensors(key):
-            return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in entry[key])
-        return NetworkSpec(name, tensors("inputs"), tensors("outputs"))
-
-    def graph(self, name: str) -> Path:
-        return self.root / self.manifest["networks"][name]["file"]
-
-    def tokenizer(self):
-        from transformers import CLIPTokenizer
-
-        return CLIPTokenizer.from_pretrained(self.root / "tokenizer", local_files_only=True)
-
-    def adapt_vae(self):
-        """An AutoencoderKL holding the exported decoder (its encoder is unused)."""
-        from diffusers import AutoencoderKL
-        from safetensors.torch import load_file
-
-        config = json.loads((self.root / self.manifest["adaptation"]["config"]).read_text())
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-        vae = AutoencoderKL.from_config(config)
-        missing, unexpected = vae.load_state_dict(load_file(str(self.root / self.manifest["adaptation"]["file"])), strict=False)
-        bad = [k for k in missing if k.startswith(DECODER_KEYS)] + list(unexpected)
-        if bad:
-            raise BundleError(f"decoder weights in {self.root} do not fit the VAE config: {bad[:5]}")
-        return vae.eval().requires_grad_(False)

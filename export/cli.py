@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from adabldm_core.precision import PRECISIONS, choices
+
 
 def _batches(ctx, param, value: str) -> tuple[int, ...]:
     try:
@@ -34,7 +36,7 @@ def _batches(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle in --out.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines into OUT/trt (needs tensorrt and a CUDA GPU); on an existing bundle without --force, build only the engines.")
 @click.option("--trt-dynamic", is_flag=True, help="TensorRT: one engine per network for batches min..max of --batch, instead of one static engine per batch size.")
-@click.option("--trt-precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="TensorRT precision (fp16: strongly typed; a VAE with non-finite fp16 outputs is rebuilt in fp32).")
+@click.option("--trt-precision", type=click.Choice(choices(PRECISIONS)), default="fp16", show_default=True, help="TensorRT precision (fp16: strongly typed; a VAE with non-finite fp16 outputs is rebuilt in fp32).")
 @click.option("--trt-workspace", default=4.0, show_default=True, help="TensorRT builder workspace cap in GiB.")
 def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, dynamo, split_controlnet, no_simplify,
          ok_images, capture_steps, force, trt, trt_dynamic, trt_precision, trt_workspace):
@@ -45,12 +47,12 @@ def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, d
     Then: adabldm-run --batch --bundle OUT --backend onnxruntime ...
     With --trt (on a GPU machine): ... --backend tensorrt.
     """
-    from adabldm_engine.io import list_images
+    from adabldm_core.io import list_images
     from adabldm_ref.models import load_models
 
     from .bundle import MANIFEST, ExportConfig, export_bundle, worst_rel_l2
     from .trt_build import build_bundle_engines, require_tensorrt
-    from .trt_cache import TrtBuildConfig
+    from adabldm_engine.trt_cache import TrtBuildConfig
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .specs import NetworkSpec, random_inputs
+from adabldm_core.io import save_graph
+from adabldm_core.specs import NetworkSpec, random_inputs
 
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with room for the graph itself
 
 
 def export_onnx(
@@ -62,27 +62,6 @@ def _export_dynamo(spec: NetworkSpec, module, args, raw: Path, opset: int) -> No
         dynamic_shapes=tuple(shapes), opset_version=opset, dynamo=True,
     )
     program.save(str(raw))
-
-
-def save_graph(model, path: Path) -> Path:
-    """Save an ONNX model, with one external-data file ``<path>.data`` near or past 2 GB."""
-    import onnx
-
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    if _weight_bytes(model) > EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-    return path
-
-
-def _weight_bytes(model) -> int:
-    """Bytes of the initializers (ModelProto.ByteSize() itself fails past 2 GB)."""
-    import numpy as np
-
-    return sum(len(t.raw_data) or int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
 
 
 def _vocab(module: torch.nn.Module) -> int:

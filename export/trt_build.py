@@ -3,8 +3,8 @@
 FP16 engines are built *strongly typed* from an FP16 copy of each graph (the only FP16
 route TensorRT 11 keeps, and TensorRT 10's recommended one); each FP16 engine is run once
 on seeded inputs, and a VAE network whose outputs are non-finite is rebuilt in FP32
-(:func:`adabldm_export.precision.choose_precision`). Engines go to the bundle's engine
-cache (:mod:`adabldm_export.trt_cache`), keyed by TensorRT version, GPU compute
+(:func:`adabldm_core.precision.choose_precision`). Engines go to the bundle's engine
+cache (:mod:`adabldm_engine.trt_cache`), keyed by TensorRT version, GPU compute
 capability, ONNX hash, build settings and profile. ``tensorrt`` is imported only here,
 lazily, so the CLI and every CPU path work without it.
 """
@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from adabldm_engine.io import write_bytes
-
-from .precision import PrecisionDecision, choose_precision, fp16_onnx, probe_finite
-from .trt_cache import (
+from adabldm_core.io import write_bytes
+from adabldm_core.precision import PrecisionDecision, choose_precision, fp16_onnx, probe_finite
+from adabldm_engine.trt_cache import (
+    current_environment,
+    require_tensorrt,
+    trt_logger,
     BuildItem,
     EngineCache,
     EngineProfile,
@@ -30,51 +32,10 @@ from .trt_cache import (
 )
 
 log = logging.getLogger("adabldm.export")
-INSTALL_HINT = ("install TensorRT for your CUDA (`pip install tensorrt-cu12`, or the `gpu` extra:"
-                " pip install 'adabldm[gpu]') on a machine with an NVIDIA GPU")
-
-
-class TrtUnavailableError(RuntimeError):
-    """TensorRT or a CUDA GPU is missing."""
 
 
 class TrtBuildError(RuntimeError):
     """TensorRT could not parse or build a graph."""
-
-
-def require_tensorrt():
-    """The ``tensorrt`` module, or TrtUnavailableError saying what is missing."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TrtUnavailableError(f"TensorRT engines need the tensorrt package: {INSTALL_HINT}") from exc
-    import torch
-
-    if not torch.cuda.is_available():
-        raise TrtUnavailableError("TensorRT engines need a CUDA GPU; torch sees none (torch.cuda.is_available() is False)")
-    return trt
-
-
-def current_environment(device: str = "cuda") -> Environment:
-    """This machine's TensorRT version and the compute capability of ``device``."""
-    trt = require_tensorrt()
-    import torch
-
-    dev = torch.device(device)
-    major, minor = torch.cuda.get_device_capability(dev)
-    return Environment(trt.__version__, f"{major}.{minor}", torch.cuda.get_device_name(dev))
-
-
-_LOGGER = None
-
-
-def trt_logger(trt):
-    """One TensorRT logger per process (TensorRT expects a single one)."""
-    global _LOGGER
-    if _LOGGER is None:
-        _LOGGER = trt.Logger(trt.Logger.WARNING)
-    return _LOGGER
-
 
 def _network_flags(trt) -> int:
     """Strongly typed networks (TensorRT >= 9.1; in TensorRT 11 the only kind)."""

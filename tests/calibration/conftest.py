@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-import pytest
-from PIL import Image
-
 import adabldm_export.bundle as bundle_mod
+import pytest
 from adabldm_export.bundle import ExportConfig, export_bundle
+from PIL import Image
 
 
 @pytest.fixture(scope="session")

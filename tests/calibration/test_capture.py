@@ -7,10 +7,21 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from adabldm_calibration.capture import (
+    FOLDER,
+    INDEX,
+    TENSORS,
+    CaptureConfig,
+    CaptureError,
+    capture,
+    capture_matches,
+    config_of,
+    load_capture,
+    ok_images_of,
+    save_capture,
+)
+from adabldm_core.io import InputError
 
-from adabldm_calibration.capture import (FOLDER, INDEX, TENSORS, CaptureConfig, CaptureError, capture,
-                                         capture_matches, config_of, load_capture, ok_images_of, save_capture)
-from adabldm_engine.io import InputError
 from adabldm_ref.config import SamplerConfig
 from adabldm_ref.models import make_scheduler
 

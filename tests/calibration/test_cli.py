@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
-
 from adabldm_calibration.capture import FOLDER
 from adabldm_calibration.cli import main
+from click.testing import CliRunner
 
 
 def test_calibrate_writes_the_precision_map_into_the_bundle(calib_bundle):

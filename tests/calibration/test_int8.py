@@ -7,14 +7,20 @@ from collections import Counter
 import onnx
 import pytest
 import torch
-
 from adabldm_calibration.capture import FOLDER, load_capture
-from adabldm_calibration.int8 import (INT8_PSNR_FLOOR_DB, Int8Config, Int8Error, Int8Parity, quantizable_nodes,
-                                      quantize_bundle, require_folded)
+from adabldm_calibration.int8 import (
+    INT8_PSNR_FLOOR_DB,
+    Int8Config,
+    Int8Error,
+    Int8Parity,
+    quantizable_nodes,
+    quantize_bundle,
+    require_folded,
+)
 from adabldm_calibration.loader import CapturedLoader
 from adabldm_calibration.precision_map import rel_l2
 from adabldm_engine.backends import OrtBackend
-from adabldm_export.bundle import Bundle
+from adabldm_engine.bundle import Bundle
 
 CFG = Int8Config(calibration_feeds=6, parity_samples=1, parity_steps=5)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from adabldm_calibration.capture import FOLDER, CaptureError, load_capture
 from adabldm_calibration.loader import CapturedLoader, spread
-from adabldm_export.bundle import VALIDATION_FEEDS, Bundle
+from adabldm_engine.bundle import Bundle
+from adabldm_export.bundle import VALIDATION_FEEDS
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +69,9 @@ def test_export_validation_is_fed_by_the_loader(calib_export, stored):
 def test_polygraphy_comparator_runs_on_the_loader(stored):
     """Polygraphy's own ONNX Runtime runner consumes the loader as its data loader."""
     pytest.importorskip("polygraphy")
+    from adabldm_engine.backends import OrtBackend
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
-
-    from adabldm_engine.backends import OrtBackend
 
     bundle, cap = stored
     spec = bundle.spec("vae_decoder")

@@ -8,19 +8,30 @@ from collections import OrderedDict
 import onnx
 import pytest
 import torch
-from torch import nn
-
 from adabldm_calibration.capture import FOLDER, load_capture
 from adabldm_calibration.loader import CapturedLoader
-from adabldm_calibration.precision_map import (FP16_MAX, PrecisionConfig, activation_ranges, find_precision_map,
-                                               fp16_block_lists, half_copy, map_entry, read_precision_map, rel_l2, run,
-                                               write_precision_map)
+from adabldm_calibration.precision_map import (
+    FP16_MAX,
+    PrecisionConfig,
+    activation_ranges,
+    find_precision_map,
+    fp16_block_lists,
+    half_copy,
+    map_entry,
+    read_precision_map,
+    rel_l2,
+    run,
+    write_precision_map,
+)
 from adabldm_calibration.precision_onnx import onnx_block_list
-from adabldm_export.precision import fp16_onnx
+from adabldm_core.precision import fp16_onnx
+from adabldm_core.specs import NetworkSpec, TensorSpec
 from adabldm_engine.backends import OrtBackend
-from adabldm_export.bundle import Bundle
+from adabldm_engine.bundle import Bundle
 from adabldm_export.onnx_export import export_onnx
-from adabldm_export.specs import NetworkSpec, TensorSpec, VaeDecoderNet
+from torch import nn
+
+from adabldm_ref.networks import VaeDecoderNet
 
 TOY = NetworkSpec("toy", (TensorSpec("x", ("B", 8)),), (TensorSpec("y", ("B", 4)),))
 TOY_FEEDS = [{"x": torch.randn(4, 8, generator=torch.Generator().manual_seed(i))} for i in range(2)]

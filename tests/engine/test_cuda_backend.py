@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from adabldm_core import metrics
 from adabldm_core.specs import random_inputs
 from adabldm_engine.backends import BackendError
 from adabldm_engine.cuda_backend import (
@@ -117,8 +118,7 @@ def test_bundle_dispatch_gives_graph_safe_fp16_engines(tmp_path, tiny, cuda):
 def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, small_textures, cuda, compile):
     """End-to-end: 8 steps, every stage, CUDA-graph replays of the FP16 step vs the fp32
     reference on the CPU; final images (decoded z*) agree to FP16 accuracy."""
-    from adabldm_engine.graphed import GraphedEnginePipeline
-    from adabldm_engine.runtime import EnginePipeline
+    from adabldm_engine.runtime import engine_pipeline
 
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
     from adabldm_ref.pipeline import ProceduralMasks, plan_sample
@@ -126,37 +126,36 @@ def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, small_tex
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
     oks = small_textures[:1]  # brick
     plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in range(2)]
-    ref = EnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
-    gpu = GraphedEnginePipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(compile=compile), cuda),
-                                tiny.tokenizer, copy.deepcopy(tiny.vae).to(cuda), tiny.latent_scale, cfg, device=cuda)
-    assert gpu.graphs
+    ref = engine_pipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+    gpu = engine_pipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(compile=compile), cuda),
+                          tiny.tokenizer, copy.deepcopy(tiny.vae).to(cuda), tiny.latent_scale, cfg, device=cuda,
+                          static_step=True)
+    assert gpu.stepper.graphs
     x_ref = ref.codec.decode(ref.diffuse(plans)[0])
     x_gpu = gpu.codec.decode(gpu.diffuse(plans)[0]).cpu()
-    mse = float(((x_gpu - x_ref) / 2).pow(2).mean())
-    psnr = 10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12)))
-    assert psnr > 35.0, float(psnr)
+    psnr = metrics.psnr(x_gpu, x_ref, peak=2.0)  # images in [-1, 1]
+    assert psnr > 35.0, psnr
 
 
 def test_static_loop_over_reduced_precision_engines_on_cpu(tiny, small_textures):
     """The GPU path's composition without a GPU: the static-buffer loop (no graph on the
     CPU) over bf16 TorchCudaBackends, two batches through one runner; images (decoded z*)
     close to the fp32 reference's."""
-    from adabldm_engine.graphed import GraphedEnginePipeline
-    from adabldm_engine.runtime import EnginePipeline
+    from adabldm_engine.runtime import engine_pipeline
 
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
     from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
     oks = small_textures[:1]  # brick
-    ref = EnginePipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
-    fast = GraphedEnginePipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), "cpu"),
-                                 tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
-    assert not fast.graphs and fast.unet_control.graph_safe
+    ref = engine_pipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+    fast = engine_pipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), "cpu"),
+                           tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg, static_step=True)
+    assert not fast.stepper.graphs and fast.denoiser.net.graph_safe
     for batch in ([0, 1], [2, 3]):
         plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in batch]
         x_ref = ref.codec.decode(ref.diffuse(plans)[0])
         x_fast = fast.codec.decode(fast.diffuse(plans)[0])
-        psnr = 10 * torch.log10(4.0 / ((x_fast - x_ref).pow(2).mean().clamp_min(1e-12)))  # images in [-1, 1]
-        assert 35.0 < psnr < 100.0, float(psnr)  # bf16: close, and not the fp32 path by mistake
-    assert list(fast._runners) == [2]
+        psnr = metrics.psnr(x_fast, x_ref, peak=2.0)  # images in [-1, 1]
+        assert 35.0 < psnr < 100.0, psnr  # bf16: close, and not the fp32 path by mistake
+    assert list(fast.stepper._runners) == [2]

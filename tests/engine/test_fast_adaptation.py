@@ -10,7 +10,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from adabldm_engine.adaptation import (
     FastAdaptConfig,
     adapt_batch,
@@ -20,9 +19,10 @@ from adabldm_engine.adaptation import (
     stack_params,
     tail_forward,
 )
+
 from adabldm_ref.adaptation import adapt_decoder
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import AdaBLDM, ProceduralMasks, plan_sample
+from adabldm_ref.pipeline import reference_pipeline, ProceduralMasks, plan_sample
 
 ITERS = 3
 B = 3
@@ -32,7 +32,7 @@ B = 3
 def batch(tiny, textures):
     """(z*, x_fg, x_ok, mask) of B samples: (B, 4, 32, 32), (B, 3, 256, 256) x2, (B, 1, 256, 256)."""
     cfg = GenerationConfig(sampler=SamplerConfig(steps=10), adapt=AdaptConfig(iters=0))
-    pipe = AdaBLDM(tiny, cfg)
+    pipe = reference_pipeline(tiny, cfg)
     plans = [plan_sample(i, cfg, textures, ProceduralMasks()) for i in range(B)]
     z, x_ok, mask = pipe.diffuse(plans)
     with torch.no_grad():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from adabldm_core.metrics import masked_psnr
 from adabldm_engine.bundle import Bundle
-from adabldm_engine.runtime import EnginePipeline, bundle_engines
+from adabldm_engine.runtime import engine_pipeline, bundle_engines
 
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import AdaBLDM, ProceduralMasks, plan_sample
+from adabldm_ref.pipeline import reference_pipeline, ProceduralMasks, plan_sample
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,9 @@ def parity_samples(bundle_dir, tiny, textures):
     cfg = GenerationConfig(sampler=SamplerConfig(steps=10), adapt=AdaptConfig(iters=5))
     bundle = Bundle.open(bundle_dir)
     engines = bundle_engines(bundle, "onnxruntime")
-    pipe = EnginePipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], cfg)
+    pipe = engine_pipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], cfg)
     plans = [plan_sample(i, cfg, textures, ProceduralMasks()) for i in range(2)]
-    return AdaBLDM(tiny, cfg).run(plans), pipe.run(plans)
+    return reference_pipeline(tiny, cfg).run(plans), pipe.run(plans)
 
 
 def test_onnxruntime_pipeline_matches_the_reference_end_to_end(parity_samples):

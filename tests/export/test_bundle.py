@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 from adabldm_engine.bundle import MANIFEST, Bundle, BundleError
-from adabldm_engine.runtime import EnginePipeline, bundle_engines
+from adabldm_engine.graphed import StaticStepper
+from adabldm_engine.runtime import bundle_engines, engine_pipeline
+from adabldm_ref.pipeline import SchedulerStepper
 from adabldm_export.bundle import ExportConfig, export_bundle
 from adabldm_export.validate import ExportValidationError
 
@@ -85,10 +87,9 @@ def _job_pipeline(bundle_dir, tmp_path, backend: str, device: str, cuda_graphs: 
 
 
 def test_job_runs_the_plain_loop_off_cuda(bundle_dir, tmp_path):
-    from adabldm_engine.graphed import GraphedEnginePipeline
 
     pipe = _job_pipeline(bundle_dir, tmp_path, "onnxruntime", "cpu")
-    assert isinstance(pipe, EnginePipeline) and not isinstance(pipe, GraphedEnginePipeline)
+    assert isinstance(pipe.stepper, SchedulerStepper)  # the plain loop's step
 
 
 @pytest.mark.gpu
@@ -96,9 +97,8 @@ def test_job_runs_the_plain_loop_off_cuda(bundle_dir, tmp_path):
 def test_job_replays_the_step_from_a_cuda_graph_on_cuda(bundle_dir, tmp_path, cuda_graphs):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from adabldm_engine.graphed import GraphedEnginePipeline
 
     pipe = _job_pipeline(bundle_dir, tmp_path, "torch-cuda", "cuda", cuda_graphs)
-    assert isinstance(pipe, GraphedEnginePipeline) is cuda_graphs
+    assert isinstance(pipe.stepper, StaticStepper) is cuda_graphs
     if cuda_graphs:
-        assert pipe.graphs  # torch-cuda calls are graph safe
+        assert pipe.stepper.graphs  # torch-cuda calls are graph safe

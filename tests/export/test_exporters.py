@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-
+from adabldm_core import io as core_io
+from adabldm_core.specs import random_inputs
 from adabldm_engine.backends import OrtBackend, TorchBackend
+from adabldm_engine.bundle import Bundle
 from adabldm_engine.runtime import bundle_engines
-from adabldm_export.bundle import Bundle, ExportConfig, export_bundle
+from adabldm_export.bundle import ExportConfig, export_bundle
 from adabldm_export.onnx_export import export_onnx
-from adabldm_export.specs import network_modules, network_specs, random_inputs
 from adabldm_export.validate import agreement
+
+from adabldm_ref.networks import network_modules, network_specs
 
 
 @pytest.mark.parametrize("name", ["text_encoder", "vae_decoder"])
@@ -42,9 +45,8 @@ def test_split_controlnet_bundle_matches_the_folded_module(tiny, tmp_path):
 
 
 def test_large_graphs_get_one_external_data_file(tiny, tmp_path, monkeypatch):
-    import adabldm_export.onnx_export as onnx_export
 
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 1000)  # tiny VAE decoder counts as "large"
+    monkeypatch.setattr(core_io, "EXTERNAL_DATA_BYTES", 1000)  # tiny VAE decoder counts as "large"
     spec, module = network_specs(tiny, 256)["vae_decoder"], network_modules(tiny)["vae_decoder"]()
     path = export_onnx(spec, module, tmp_path / "vae_decoder.onnx", batch=1)
     data = tmp_path / "vae_decoder.onnx.data"

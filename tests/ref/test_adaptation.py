@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from adabldm_core.metrics import masked_psnr
 
 from adabldm_ref.adaptation import adapt_decoder, adaptation_loss
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import AdaBLDM, ProceduralMasks, plan_sample, to_uint8
-from adabldm_ref.quality import masked_psnr
+from adabldm_ref.pipeline import reference_pipeline, ProceduralMasks, plan_sample, to_uint8
 
 
 def test_adaptation_loss_is_the_papers_formula():
@@ -22,7 +22,7 @@ def test_adaptation_loss_is_the_papers_formula():
 @pytest.fixture(scope="module")
 def blended(tiny, textures):
     cfg = GenerationConfig(sampler=SamplerConfig(steps=6), adapt=AdaptConfig(iters=0))
-    pipe = AdaBLDM(tiny, cfg)
+    pipe = reference_pipeline(tiny, cfg)
     plan = plan_sample(0, cfg, textures, ProceduralMasks(("blob",)))
     z, x_ok, mask = pipe.diffuse([plan])
     with torch.no_grad():

@@ -7,7 +7,7 @@ from diffusers import StableDiffusionControlNetPipeline
 
 from adabldm_ref.config import SamplerConfig
 from adabldm_ref.models import encode_prompts, make_scheduler
-from adabldm_ref.sampler import ControlNetCFG, NoiseSource, sample_blended
+from adabldm_ref.sampler import ControlNetCFG, NoiseSource, SchedulerStep, ddim_schedule, sample_blended, stepped_scheduler
 
 
 def test_unblended_sampler_matches_diffusers_controlnet_pipeline(tiny):
@@ -33,7 +33,8 @@ def test_unblended_sampler_matches_diffusers_controlnet_pipeline(tiny):
     # diffusers gives the ControlNet the same prompt embeddings as the UNet.
     eps_fn = ControlNetCFG(tiny.unet, tiny.controlnet, ctx, ctx, hint, guidance, scale)
     cfg = SamplerConfig(steps=steps, guidance=guidance, control_scale=scale, blend=False)
-    ours = sample_blended(eps_fn, z_t.clone(), make_scheduler(), cfg, None, None, NoiseSource([]))
+    step = SchedulerStep(eps_fn, stepped_scheduler(make_scheduler(), steps))
+    ours = sample_blended(step, z_t.clone(), ddim_schedule(make_scheduler(), steps), cfg, None, None, NoiseSource([]))
 
     err = (ours - expected).abs().max().item()
     print(f"max |ours - diffusers| = {err:.2e}")

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import AdaBLDM, ProceduralMasks, RealMasks, plan_sample, prepare_ok_image, sample_seed
+from adabldm_ref.pipeline import (
+    reference_pipeline,
+    ProceduralMasks,
+    RealMasks,
+    plan_sample,
+    prepare_ok_image,
+    sample_seed,
+)
 
 CFG = GenerationConfig(object_name="brick", defect="crack", sampler=SamplerConfig(steps=6), adapt=AdaptConfig(iters=2))
 
@@ -16,15 +23,15 @@ def test_sample_seeds_depend_on_base_and_index_only():
 
 
 def test_same_seed_same_bytes(tiny, textures):
-    a = AdaBLDM(tiny, CFG).generate(2, textures, ProceduralMasks())
-    b = AdaBLDM(tiny, CFG).generate(2, textures, ProceduralMasks())
+    a = reference_pipeline(tiny, CFG).generate(2, textures, ProceduralMasks())
+    b = reference_pipeline(tiny, CFG).generate(2, textures, ProceduralMasks())
     for x, y in zip(a, b):
         assert np.array_equal(x.image, y.image) and np.array_equal(x.blended, y.blended)
         assert np.array_equal(x.plan.mask, y.plan.mask)
 
 
 def test_batch_size_and_order_do_not_change_a_sample(tiny, textures):
-    pipe = AdaBLDM(tiny, CFG)
+    pipe = reference_pipeline(tiny, CFG)
     batched = pipe.generate(3, textures, ProceduralMasks(), batch_size=3)
     alone = pipe.generate(1, textures, ProceduralMasks(), start=2)[0]
     last = batched[2]
@@ -36,8 +43,8 @@ def test_batch_size_and_order_do_not_change_a_sample(tiny, textures):
 
 
 def test_a_different_seed_gives_a_different_sample(tiny, textures):
-    a = AdaBLDM(tiny, CFG).generate(1, textures, ProceduralMasks())[0]
-    b = AdaBLDM(tiny, GenerationConfig(**{**CFG.__dict__, "seed": 1})).generate(1, textures, ProceduralMasks())[0]
+    a = reference_pipeline(tiny, CFG).generate(1, textures, ProceduralMasks())[0]
+    b = reference_pipeline(tiny, GenerationConfig(**{**CFG.__dict__, "seed": 1})).generate(1, textures, ProceduralMasks())[0]
     assert not np.array_equal(a.image, b.image)
 
 
@@ -53,7 +60,7 @@ def test_planned_sample_is_consistent(textures):
 
 
 def test_every_sample_records_quality_and_timings(tiny, textures):
-    s = AdaBLDM(tiny, CFG).generate(1, textures, ProceduralMasks())[0]
+    s = reference_pipeline(tiny, CFG).generate(1, textures, ProceduralMasks())[0]
     assert set(s.quality) == {"bg_psnr_before", "bg_psnr_after", "adapt_loss_first", "adapt_loss_final"}
     assert s.timings["diffusion_s"] > 0 and s.timings["adapt_s"] > 0
     assert s.image.shape == (256, 256, 3) and set(np.unique(s.mask_uint8)) == {0, 255}

@@ -5,7 +5,16 @@ import torch
 
 from adabldm_ref.config import SamplerConfig
 from adabldm_ref.models import make_scheduler
-from adabldm_ref.sampler import BlendTargets, NoiseSource, renoise_timestep, sample_blended, stage_plan
+from adabldm_ref.sampler import (
+    BlendTargets,
+    NoiseSource,
+    SchedulerStep,
+    ddim_schedule,
+    renoise_index,
+    sample_blended,
+    stepped_scheduler,
+    stage_plan,
+)
 
 
 def test_stage_windows_are_the_authors_at_50_steps():
@@ -30,10 +39,9 @@ def test_timesteps_are_981_to_1():
 
 
 def test_renoise_target():
-    ts = torch.tensor([41, 21, 1])
-    assert renoise_timestep(ts, 0, "next") == 21
-    assert renoise_timestep(ts, 2, "next") is None
-    assert renoise_timestep(ts, 2, "current") == 1
+    assert renoise_index(0, 3, "next") == 1  # step 0 re-noises to step 1's timestep
+    assert renoise_index(2, 3, "next") is None  # the last x0 stays clean
+    assert renoise_index(2, 3, "current") == 2  # the authors': step i's own timestep
 
 
 def test_bad_sampler_settings_are_refused():
@@ -96,7 +104,8 @@ def run(cfg, targets, eps_log, noise=None, codec=None):
         return 0.1 * z + 0.01 * torch.sin(z * 3)
 
     z_t = torch.randn(targets.z_ok.shape, generator=torch.Generator().manual_seed(9))
-    out = sample_blended(eps_fn, z_t, scheduler, cfg, targets, codec, noise)
+    step = SchedulerStep(eps_fn, stepped_scheduler(scheduler, cfg.steps))
+    out = sample_blended(step, z_t, ddim_schedule(scheduler, cfg.steps), cfg, targets, codec, noise)
     return out, scheduler, noise, codec
 
 

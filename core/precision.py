@@ -11,15 +11,60 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-import torch
+from .io import save_graph
 
-from .onnx_export import save_graph
+if TYPE_CHECKING:
+    import torch
 
-Precision = Literal["fp16", "fp32"]
-PRECISIONS: tuple[str, ...] = ("fp16", "fp32")
+class Precision(str, Enum):
+    """The arithmetic of a network or of adaptation: one vocabulary for export, calibration,
+    engines, adaptation and the command lines. A str, so records and hashes hold "fp16"."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+    __str__ = str.__str__  # "fp16", not "Precision.FP16", in messages and f-strings
+    __format__ = str.__format__
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of a floating precision (INT8 has none: it is a graph rewrite)."""
+        import torch  # lazily: the command lines import this module before parsing
+
+        if self is Precision.INT8:
+            raise ValueError("int8 is a quantised graph, not a torch dtype")
+        return {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[self]
+
+    @classmethod
+    def of(cls, value: "str | Precision", allowed: Sequence["Precision"] | None = None,
+           what: str = "precision") -> "Precision":
+        """``value`` as a Precision; ValueError naming it and the choices when it is not one of ``allowed``."""
+        allowed = tuple(cls) if allowed is None else tuple(allowed)
+        try:
+            p = cls(value)
+        except ValueError:
+            p = None
+        if p not in allowed:
+            raise ValueError(f"{what} {value!r}: expected one of {', '.join(allowed)}")
+        return p
+
+
+def choices(allowed: Sequence[Precision]) -> list[str]:
+    """The values of ``allowed``, for a command-line choice."""
+    return [p.value for p in allowed]
+
+
+# What each consumer accepts.
+PRECISIONS: tuple[Precision, ...] = (Precision.FP16, Precision.FP32)  # GPU engine builds (TensorRT, FP32 fallback)
+EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)  # exported-graph validation tolerances
+ADAPT_PRECISIONS = (Precision.FP32, Precision.BF16)  # online adaptation arithmetic (autocast)
+TORCH_CUDA_PRECISIONS = (Precision.FP16, Precision.BF16, Precision.FP32)  # the torch-cuda backend
 FP32_FALLBACK = ("vae_encoder", "vae_decoder")  # the SD VAE is the FP16 overflow risk
 FP16_MAX = 65504.0
 OVERFLOW_MARGIN = 0.5  # |output| beyond half the FP16 range: too close to overflow to trust
@@ -47,6 +92,8 @@ class FiniteCheck:
 
 def finite_check(outputs: Iterable[torch.Tensor]) -> FiniteCheck:
     """Count non-finite values and the largest finite magnitude over ``outputs``."""
+    import torch
+
     values = nonfinite = 0
     max_abs = 0.0
     for x in outputs:
@@ -61,10 +108,13 @@ def finite_check(outputs: Iterable[torch.Tensor]) -> FiniteCheck:
 
 def probe_finite(backend, batch: int, device, vocab: int = 49408) -> FiniteCheck:
     """Run ``backend`` once on seeded inputs (seed 0) of ``batch`` samples; its FiniteCheck."""
-    from .specs import random_inputs
+    import torch
+
+    from .specs import active, random_inputs
 
     feed = random_inputs(backend.spec, batch, torch.Generator().manual_seed(0), vocab=vocab)
-    return finite_check(backend.infer({k: v.to(device) for k, v in feed.items()}).values())
+    with active(backend):
+        return finite_check(backend.infer({k: v.to(device) for k, v in feed.items()}).values())
 
 
 @dataclass(frozen=True)

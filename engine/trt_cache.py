@@ -21,10 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from adabldm_engine.io import file_sha256, write_bytes, write_json
-
-from .precision import FP32_FALLBACK, PRECISIONS
-from .specs import NetworkSpec
+from adabldm_core.io import file_sha256, write_bytes, write_json
+from adabldm_core.precision import FP32_FALLBACK, PRECISIONS, Precision
+from adabldm_core.specs import NetworkSpec
 
 TRT_DIR = "trt"
 RECORD_VERSION = 1
@@ -41,7 +40,7 @@ class TrtBuildConfig:
     """How ``adabldm-export --trt`` builds engines (everything but ``force`` is keyed)."""
 
     # Engine precision. "fp16": strongly typed from an FP16 copy of each graph (FP32 I/O).
-    precision: str = "fp16"
+    precision: Precision = Precision.FP16
     # False: one static engine per (resolution, batch size), the fastest kernels and
     # CUDA-graph friendly; True: one engine per network with a min..max batch profile.
     dynamic: bool = False
@@ -59,8 +58,7 @@ class TrtBuildConfig:
     force: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TensorRT precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "precision", Precision.of(self.precision, PRECISIONS, "TensorRT precision"))
         if not 0 < self.workspace_gib <= 1024:
             raise ValueError(f"workspace {self.workspace_gib} GiB: expected a positive size up to 1024 GiB")
         if self.opt_level not in range(6):
@@ -256,3 +254,48 @@ def record_for(network: str, key: str, env: Environment, onnx_sha256: Mapping[st
             "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "fp16_block_nodes": sorted(block_nodes) if precision == "fp16" else [],
             "build_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
+
+
+# ---------------------------------------------------------------------------------------
+# Finding TensorRT (imported lazily, only here)
+
+INSTALL_HINT = ("install TensorRT for your CUDA (`pip install tensorrt-cu12`, or the `gpu` extra:"
+                " pip install 'adabldm[gpu]') on a machine with an NVIDIA GPU")
+
+
+class TrtUnavailableError(RuntimeError):
+    """TensorRT or a CUDA GPU is missing."""
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or TrtUnavailableError saying what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TrtUnavailableError(f"TensorRT engines need the tensorrt package: {INSTALL_HINT}") from exc
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TrtUnavailableError("TensorRT engines need a CUDA GPU; torch sees none (torch.cuda.is_available() is False)")
+    return trt
+
+
+def current_environment(device: str = "cuda") -> Environment:
+    """This machine's TensorRT version and the compute capability of ``device``."""
+    trt = require_tensorrt()
+    import torch
+
+    dev = torch.device(device)
+    major, minor = torch.cuda.get_device_capability(dev)
+    return Environment(trt.__version__, f"{major}.{minor}", torch.cuda.get_device_name(dev))
+
+
+_LOGGER = None
+
+
+def trt_logger(trt):
+    """One TensorRT logger per process (TensorRT expects a single one)."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER

@@ -1,79 +1,18 @@
-"""One export spec per network: names, shapes with symbolic batch, TensorRT profile, samples.
+"""The networks as the runtime and the exporter see them: named tensors in, named tensors out.
 
-Shapes are tuples whose entries are ints (static) or the symbols "B" (samples in a batch)
-and "B2" (= 2B, the classifier-free-guidance batch). Spatial sizes are static per bundle
-(one resolution), so TensorRT can build static engines per (resolution, batch).
+One module per network (text encoder, VAE encoder with its noise as an input, VAE decoder,
+UNet with the ControlNet folded in, or the two apart) and its spec at a resolution.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Sequence
 
 import torch
 
-from adabldm_ref.config import LATENT_STRIDE
-from adabldm_ref.models import Models
+from adabldm_core.specs import NetworkSpec, TensorSpec, active
 
-BATCH_SYMBOLS = {"B": 1, "B2": 2}  # symbol -> multiple of the sample batch
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple  # ints and batch symbols
-    dtype: str = "float32"
-
-    def concrete(self, batch: int) -> tuple[int, ...]:
-        return tuple(BATCH_SYMBOLS[d] * batch if isinstance(d, str) else d for d in self.shape)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @property
-    def batch_axis(self) -> tuple[int, int] | None:
-        """(axis, multiple of the sample batch) of the batch dimension; None if unbatched."""
-        return next(((i, BATCH_SYMBOLS[d]) for i, d in enumerate(self.shape) if d in BATCH_SYMBOLS), None)
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """What one exported graph takes and gives."""
-
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-    def sample_batch(self, feed: Mapping[str, torch.Tensor]) -> int | None:
-        """The sample batch B of ``feed``, read from its first batched input (None: none is)."""
-        for t in self.inputs:
-            if t.batch_axis is not None:
-                axis, multiple = t.batch_axis
-                return feed[t.name].shape[axis] // multiple
-        return None
-
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {
-            t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
-            for t in (*self.inputs, *self.outputs)
-            if any(isinstance(d, str) for d in t.shape)
-        }
-
-    def profile(self, batch_sizes: tuple[int, ...]) -> dict[str, list[list[int]]]:
-        """TensorRT min / opt / max shapes per input (opt = the largest batch)."""
-        lo, hi = min(batch_sizes), max(batch_sizes)
-        return {t.name: [list(t.concrete(lo)), list(t.concrete(hi)), list(t.concrete(hi))] for t in self.inputs}
-
-    def to_dict(self) -> dict:
-        return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
-
+from .config import LATENT_STRIDE
+from .models import Models
 
 def network_specs(models: Models, resolution: int, split_controlnet: bool = False) -> dict[str, NetworkSpec]:
     """The specs of every network exported for ``models`` at ``resolution``."""
@@ -216,21 +155,13 @@ def network_modules(models: Models) -> dict[str, Callable[[], torch.nn.Module]]:
     }
 
 
-def random_inputs(spec: NetworkSpec, batch: int, generator: torch.Generator, vocab: int = 49408) -> dict[str, torch.Tensor]:
-    """Seeded inputs in each input's natural range (ids, timesteps, [0, 1] hints, N(0, 1))."""
-    feed = {}
-    for t in spec.inputs:
-        shape = t.concrete(batch)
-        if t.dtype == "int64":
-            feed[t.name] = torch.randint(0, vocab, shape, generator=generator)
-        elif t.name == "timestep":
-            feed[t.name] = torch.randint(1, 1000, (), generator=generator).float()
-        elif t.name == "control_scale":
-            feed[t.name] = torch.tensor(1.0)
-        elif t.name in ("hint",):
-            feed[t.name] = torch.rand(shape, generator=generator)
-        elif t.name == "image":
-            feed[t.name] = torch.rand(shape, generator=generator) * 2 - 1
-        else:
-            feed[t.name] = torch.randn(shape, generator=generator)
-    return feed
+def split_feeds(unet_control_feeds: Sequence[dict], controlnet) -> tuple[list[dict], list[dict]]:
+    """Feeds of the split ControlNet and UNet graphs derived from folded-network feeds."""
+    cn_names, cn_feeds, unet_feeds = controlnet.spec.input_names, [], []
+    with active(controlnet):
+        for feed in unet_control_feeds:
+            cn_feed = {n: feed[n] for n in cn_names}
+            residuals = {k: v.clone() for k, v in controlnet.infer(cn_feed).items()}
+            cn_feeds.append(cn_feed)
+            unet_feeds.append({n: feed[n] for n in ("sample", "timestep", "text_ctx")} | residuals)
+    return cn_feeds, unet_feeds
