@@ -21,25 +21,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench_adaptation.py: n
 
 import argparse
 import copy
-import datetime
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
-from adabldm_export.bundle import tool_versions
 from adabldm_export.validate import agreement
+from common import (
+    RESULTS,
+    finish,
+    header_lines,
+    interleaved,
+    sd_size_vae,
+    start,
+    write_report,
+)
+
 from adabldm_ref.adaptation import adaptation_loss
 from adabldm_ref.config import AdaptConfig
 from adabldm_ref.models import build_tiny
-from bench_adaptation import machine, sd_size_vae
-from bench_onnxruntime import header_lines, write_report
-from bench_gpu import interleaved
-
-RESULTS = Path(__file__).parent / "results"
 
 
 @dataclass(frozen=True)
@@ -153,32 +154,23 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     kernels = [k for k in KERNELS if not (args.no_compile and k.compiled)]
-    started, load0, t0 = datetime.datetime.now().astimezone(), os.getloadavg()[0], time.perf_counter()
+    meta = start(__file__, device=device)
     with tempfile.TemporaryDirectory(prefix="adabldm-inductor-") as cache:
         # A cold Inductor cache (its directory is read at compile time), so that "first call"
         # is the real compile; assigned, not defaulted: importing torch may already set it.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
         rows = bench_model("tiny", build_tiny().vae, 64, device, args.reps * 3, kernels)
         rows += bench_model("SD-1.5-size", sd_size_vae(), 256, device, args.reps, kernels)
-    record = dict(date=started.isoformat(timespec="seconds"), machine=machine(device), versions=tool_versions(),
-                  reps=args.reps,
-                  load_average_start=load0, load_average_end=os.getloadavg()[0], wall_s=time.perf_counter() - t0,
-                  command="python benchmarks/bench_adaptation_kernel.py" + "".join(
-                      f" --{k.replace('_', '-')} {v}" for k, v in (("device", args.device), ("reps", args.reps)))
-                  + (" --no-compile" if args.no_compile else ""), rows=rows)
+    record = finish(meta) | {"settings": vars(args), "reps": args.reps, "rows": rows}
     write(args.out / f"adaptation_kernel_{device.type}", record)
 
 
 def write(stem: Path, record: dict) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     m = record["machine"]
     lines = [
         f"# One adaptation step: precision x layout x torch.compile ({m['device']})", "",
         *header_lines(record),
-        f"- device: {m.get('gpu', m['device'])}; OMP_WAIT_POLICY={m['omp_wait_policy']}",
-        f"- load average at start {record['load_average_start']:.2f}, at end {record['load_average_end']:.2f};"
-        f" run took {record['wall_s']:.0f} s. Steps timed round-robin, median of"
+        f"- device: {m.get('gpu', m['device'])}. Steps timed round-robin, median of"
         f" {record['reps']} (SD-size) / {3 * record['reps']} (tiny); wall seconds.",
         "- step = decoder forward + adaptation loss + backward + AdamW (torch.optim.AdamW), one"
         " sample; per step, not per sample (bench_adaptation.py has whole samples); 'x' = fp32 NCHW"
@@ -194,7 +186,7 @@ def write(stem: Path, record: dict) -> None:
         step = f"{r['step_s']:.3f} | {r['speedup']:.2f}x" if timed else "not timed | -"
         lines.append(f"| {r['model']} | {r['kernel']} | {step} | {r['first_call_s']:.1f} | {r['image_rel_l2']:.1e}"
                      f" | {r['grad_rel_l2']:.1e} | {r['params_without_grad']} of {r['params']} |")
-    write_report(stem.with_suffix(".md"), lines)
+    write_report(stem, record, lines)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,15 @@ Results: benchmarks/results/precision_map_cpu.{md,json}.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import tempfile
 from pathlib import Path
 
-from bench_onnxruntime import header_lines, machine, write_report
-
 from adabldm_calibration.calibrate import CalibrateConfig, calibrate
 from adabldm_calibration.precision_map import PrecisionConfig
-from adabldm_export.bundle import ExportConfig, export_bundle, tool_versions
-from adabldm_ref.models import build_tiny
+from adabldm_export.bundle import ExportConfig, export_bundle
+from common import RESULTS, finish, header_lines, start, write_report
 
-RESULTS = Path(__file__).parent / "results"
+from adabldm_ref.models import build_tiny
 
 
 def fmt(x) -> str:
@@ -30,16 +26,14 @@ def fmt(x) -> str:
 
 
 def main() -> None:
-    meta = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "machine": machine(),
-            "versions": tool_versions(), "command": "python benchmarks/bench_precision_map.py"}
+    meta = start(__file__)
     models = build_tiny()
     with tempfile.TemporaryDirectory() as tmp:
         export_bundle(models, ExportConfig(out=Path(tmp) / "tiny", batch_sizes=(1, 4)))
         report = calibrate(models, CalibrateConfig(bundle=Path(tmp) / "tiny", precision=PrecisionConfig()),
                            progress=lambda s: print(s, flush=True))
     networks = report["precision"]["networks"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "precision_map_cpu.json").write_text(json.dumps({"meta": meta, "networks": networks}, indent=2))
+    finish(meta)
     lines = ["# FP16 precision map of the tiny model (CPU)", "", *header_lines(meta),
              f"- settings: {PrecisionConfig()}", "",
              "| network | max abs FP32 activation | FP16 rel. L2 | with the map | ORT FP16 rel. L2 | with the map |"
@@ -50,7 +44,7 @@ def main() -> None:
         lines.append(f"| {name} | {e['max_abs_fp32']:.1f} | {fmt(e['rel_l2_fp16'])} | {fmt(e['rel_l2_with_map'])}"
                      f" | {fmt(ort.get('without_map'))} | {fmt(ort.get('with_map'))} | {kept} |")
     lines += ["", f"ONNX Runtime: {networks[next(iter(networks))]['onnxruntime_fp16']['note']}."]
-    write_report(RESULTS / "precision_map_cpu.md", lines)
+    write_report(RESULTS / "precision_map_cpu", {"meta": meta, "networks": networks}, lines)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def rng():
 @pytest.fixture(scope="module")
 def load_benchmark():
     """``load_benchmark("bench_gpu")``: benchmarks/bench_gpu.py as a module, for this test
-    module (the scripts import their siblings, so their folder is on sys.path meanwhile)."""
+    module (the scripts import benchmarks/common.py, so their folder is on sys.path meanwhile)."""
     folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
     sys.path.insert(0, folder)
     loaded = []
