@@ -165,6 +165,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     else was written into them.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file: expected a folder (or a path to make one)")
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder / LOCK_NAME)

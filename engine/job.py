@@ -43,7 +43,7 @@ from adabldm_ref.pipeline import (
 
 from adabldm_engine.bundle import Bundle
 
-from .contact import contact_sheet
+from adabldm_core.contact import contact_sheet
 from adabldm_core.io import (
     InputError,
     append_line,
@@ -120,8 +120,12 @@ class JobReport:
     quality: list[dict[str, float]] = field(default_factory=list)  # of the samples made now
     thin_resampled: list[int] = field(default_factory=list)  # defects resampled to stay >= 1 px wide
 
+    def finite_quality(self, key: str) -> list[float]:
+        """The finite values of ``key`` (a PSNR is nan where a mask leaves no background)."""
+        return [q[key] for q in self.quality if q.get(key) is not None and np.isfinite(q[key])]
+
     def mean_quality(self, key: str) -> float:
-        values = [q[key] for q in self.quality if q.get(key) is not None and np.isfinite(q[key])]
+        values = self.finite_quality(key)
         return float(np.mean(values)) if values else float("nan")
 
     @property

@@ -265,6 +265,14 @@ def test_folder_lock_keeps_a_folder_with_content_and_removes_its_file(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
 
 
+def test_folder_lock_on_a_file_says_so(tmp_path):
+    path = tmp_path / "out"
+    path.write_text("not a folder")
+    with pytest.raises(InputError, match="is a file: expected a folder"):
+        with folder_lock(path):
+            pass
+
+
 def test_lock_of_a_killed_process_does_not_block(tmp_path):
     """The holder is SIGKILLed: its lock file stays, its flock goes with it."""
     import signal
