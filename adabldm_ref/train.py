@@ -9,23 +9,15 @@ timesteps, prompt dropout) is drawn from generators seeded by ``(seed, s)``, and
 checkpoint holds weights, optimiser, step and RNG state: a resumed run reaches the same
 weights as an uninterrupted one (bit for bit on the CPU).
 
-Run directory (``TrainConfig.out``)::
-
-    train.json          settings, data digest, split, model identity, progress, versions
-    controlnet/         the trained ControlNet, diffusers format (config.json + safetensors)
-    checkpoints/        step-NNNNNNNN.pt, the last ``keep_checkpoints``
-    loss.jsonl, loss.png, validation/step-NNNNNNNN.png
+The run directory (checkpoints, record, loss log) is :mod:`adabldm_ref.train_run`.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,23 +27,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adabldm_core.io import InputError, append_line, write_json, write_png, write_text
+from adabldm_core.io import InputError, write_png
 from adabldm_core.precision import Precision
 
 from .config import LATENT_STRIDE, SchedulerConfig
 from .fewshot import Split, data_digest, load_backgrounds, load_shot, pair_files, split_files
 from .models import TINY, Models, build_tiny, encode_prompts, load_controlnet, load_pretrained
 from .pairs import Augment, Background, Pair, Shot, host_table, make_pairs
+from .train_run import (
+    FORMAT_VERSION,
+    LossLog,
+    RunDir,
+    TrainError,
+    load_checkpoint,
+    loss_plot,
+    open_run,
+    read_losses,
+    run_key,
+    save_checkpoint,
+    save_controlnet,
+    truncate_loss_log,
+    write_record,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 TRAIN_PRECISIONS = (Precision.FP32, Precision.BF16, Precision.FP16)
 LOG_EVERY = 10  # steps between host syncs for the loss (the loss log is still per step)
-
-
-class TrainError(ValueError):
-    """A run that cannot start or continue: other settings on a run directory, bad state."""
 
 
 @dataclass(frozen=True)
@@ -136,11 +138,6 @@ def run_settings(cfg: TrainConfig, digest: str, identity: str, optimizer: str) -
     return {**settings, "data_digest": digest, "model_identity": identity, "optimizer": optimizer}
 
 
-def settings_difference(old: dict, new: dict) -> list[str]:
-    return [f"{k}: this run has {old.get(k)!r}, the command asks {new.get(k)!r}"
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-
-
 def tool_versions() -> dict[str, str]:
     import diffusers
     import transformers
@@ -180,7 +177,8 @@ def load_data(cfg: TrainConfig) -> TrainData:
             ys, xs = np.nonzero(shot.mask)
             raise InputError(
                 f"defect {f.mask} ({np.ptp(ys) + 1}x{np.ptp(xs) + 1} px at {cfg.resolution} px) fits in no"
-                f" OK image's foreground in {cfg.images}" + (f" or {cfg.foreground}" if cfg.foreground else "")
+                f" OK image's foreground ({cfg.images}, foreground "
+                + (f"masks {cfg.foreground})" if cfg.foreground else f"mode {cfg.foreground_mode})")
             )
     return TrainData(backgrounds, shots, hosts, split, data_digest(backgrounds, shots))
 
@@ -234,8 +232,9 @@ class Trainer:
         frozen_dtype = self.precision.dtype if cuda else torch.float32
         self.unet = models.unet.to(self.device).eval().requires_grad_(False)
         self.vae = models.vae.to(self.device).eval().requires_grad_(False)
-        if frozen_dtype != torch.float32:
-            self.unet.to(frozen_dtype), self.vae.to(frozen_dtype)
+        for frozen in (self.unet, self.vae):
+            if frozen.dtype != frozen_dtype:  # (casting to the dtype it has makes diffusers warn)
+                frozen.to(frozen_dtype)
         self.controlnet = models.controlnet.to(self.device).train().requires_grad_(True)
         self.latent_scale = models.latent_scale
         embeddings = encode_prompts(models, [cfg.prompt, ""]).to(self.device)
@@ -359,143 +358,6 @@ def make_optimizer(params, cfg: TrainConfig, cuda: bool):
 
 
 # ---------------------------------------------------------------------------------------
-# The run directory
-
-
-@dataclass(frozen=True)
-class RunDir:
-    root: Path
-
-    @property
-    def record(self) -> Path:
-        return self.root / "train.json"
-
-    @property
-    def controlnet(self) -> Path:
-        return self.root / "controlnet"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def loss_log(self) -> Path:
-        return self.root / "loss.jsonl"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.root / "loss.png"
-
-    def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / f"step-{step:08d}.pt"
-
-    def validation(self, step: int) -> Path:
-        return self.root / "validation" / f"step-{step:08d}.png"
-
-    def checkpoint_steps(self) -> list[int]:
-        if not self.checkpoints.is_dir():
-            return []
-        return sorted(int(p.stem.split("-")[1]) for p in self.checkpoints.glob("step-*.pt"))
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename over ``path``: a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
-
-
-def save_checkpoint(run: RunDir, state: dict, keep: int) -> Path:
-    """Write step ``state['step']`` atomically and keep only the last ``keep`` checkpoints."""
-    path = run.checkpoint(state["step"])
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic(path, write)
-    for old in run.checkpoint_steps()[:-keep]:
-        run.checkpoint(old).unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several kinds for a damaged file
-        raise TrainError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from an earlier one") from None
-    if state.get("format_version") != FORMAT_VERSION:
-        raise TrainError(f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}")
-    return state
-
-
-def save_controlnet(run: RunDir, controlnet) -> None:
-    """The trained ControlNet in diffusers format, replacing any earlier one in one rename."""
-    old = run.root / ".controlnet.old"
-    _atomic(run.root / ".controlnet.new", lambda tmp: controlnet.save_pretrained(tmp, safe_serialization=True))
-    if run.controlnet.exists():
-        run.controlnet.replace(old)
-    (run.root / ".controlnet.new").replace(run.controlnet)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def run_key(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def open_run(run: RunDir, cfg: TrainConfig, settings: dict) -> int:
-    """The step to continue from (0: a new run); refuses another run's directory.
-
-    Bit-for-bit equality with an uninterrupted run also needs the same device and, on the
-    CPU, the same torch thread count (kernels split their sums by thread): a different
-    count is allowed with a warning."""
-    if run.record.exists():
-        try:
-            old = json.loads(run.record.read_text())
-        except json.JSONDecodeError as exc:
-            raise TrainError(f"{run.record} is not valid JSON ({exc})") from None
-        diff = settings_difference(old.get("settings", {}), settings)
-        if diff:
-            raise TrainError(f"{run.root} holds another training run; " + "; ".join(diff)
-                             + ". Use another --out, or the settings of that run")
-        if old.get("torch_threads") not in (None, torch.get_num_threads()):
-            log.warning("%s was trained with %s torch threads, this process has %d: the continued run will"
-                        " differ from an uninterrupted one in the last bits", run.root, old["torch_threads"],
-                        torch.get_num_threads())
-        done = run.checkpoint_steps()
-        start = done[-1] if done else 0
-        if start > cfg.steps:
-            raise TrainError(f"{run.root} has reached step {start}, beyond --steps {cfg.steps}")
-        return start
-    if run.root.exists() and any(run.root.iterdir()):
-        raise TrainError(f"{run.root} is not empty and holds no train.json: not a training run directory")
-    return 0
-
-
-def truncate_loss_log(run: RunDir, step: int) -> None:
-    """Drop the lines past ``step`` (written after the checkpoint a resumed run starts from)."""
-    if run.loss_log.exists():
-        lines = [ln for ln in run.loss_log.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        write_text(run.loss_log, "".join(ln + "\n" for ln in lines))
-
-
-def read_losses(run: RunDir) -> list[tuple[int, float]]:
-    if not run.loss_log.exists():
-        return []
-    rows = [json.loads(ln) for ln in run.loss_log.read_text().splitlines() if ln]
-    return [(r["step"], r["loss"]) for r in rows]
-
-
-# ---------------------------------------------------------------------------------------
 # The run
 
 
@@ -506,34 +368,6 @@ class TrainReport:
     start: int  # the step this invocation continued from (0: from scratch)
     final_loss: float | None
     record: dict = field(default_factory=dict)
-
-
-class _LossLog:
-    """Per-step losses kept on the device and written in groups (one host sync per group)."""
-
-    def __init__(self, run: RunDir, images_per_step: int):
-        self.run, self.images_per_step = run, images_per_step
-        self.pending: list[tuple[int, torch.Tensor]] = []
-        self.t0 = time.perf_counter()
-        self.last: float | None = None
-        self.images_per_s = 0.0
-
-    def add(self, step: int, loss: torch.Tensor) -> None:
-        self.pending.append((step, loss))
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        values = torch.stack([v for _, v in self.pending]).tolist()  # the one sync
-        now = time.perf_counter()
-        self.images_per_s = len(values) * self.images_per_step / max(now - self.t0, 1e-9)
-        self.t0 = now
-        for (step, _), value in zip(self.pending, values):
-            if not np.isfinite(value):
-                raise TrainError(f"the loss became {value} at step {step} (learning rate too high, or fp16 overflow)")
-            append_line(self.run.loss_log, json.dumps({"step": step, "loss": value, "images_per_s": round(self.images_per_s, 3)}))
-        self.last = values[-1]
-        self.pending.clear()
 
 
 def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainReport:
@@ -548,7 +382,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None
     trainer = Trainer(cfg, models, data)
     settings = run_settings(cfg, data.digest, identity, trainer.optimizer_name)
     settings["split"] = data.split.to_dict()
-    start = open_run(run, cfg, settings)
+    start = open_run(run, cfg.steps, settings)
     key = run_key(settings)
     if start:
         state = load_checkpoint(run.checkpoint(start))
@@ -567,8 +401,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None
         "device": str(trainer.device), "optimizer": trainer.optimizer_name, "torch_threads": torch.get_num_threads(),
         "versions": tool_versions(),
     }
-    losses = _LossLog(run, cfg.batch_size * cfg.grad_accum)
-    _write_record(run, record, start, cfg.steps, None, "running")
+    losses = LossLog(run, cfg.batch_size * cfg.grad_accum)
+    write_record(run, record, start, cfg.steps, None, "running")
     bar = _progress(cfg.steps, start, progress)
     for s in range(start + 1, cfg.steps + 1):
         losses.add(s, trainer.step(s))
@@ -582,7 +416,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None
             _validate(run, trainer, models, data, cfg, s)
         if checkpoint:
             save_checkpoint(run, trainer.state(s, key), cfg.keep_checkpoints)
-            _write_record(run, record, s, cfg.steps, losses.last, "running")
+            write_record(run, record, s, cfg.steps, losses.last, "running")
         if validate or checkpoint:
             losses.t0 = time.perf_counter()  # images/s counts training only
         bar.update(1)
@@ -594,14 +428,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None
     if start < cfg.steps or not run.controlnet.exists():
         save_controlnet(run, trainer.controlnet)
     write_png(run.loss_plot, loss_plot(history))
-    _write_record(run, record, cfg.steps, cfg.steps, final, "done", history)
+    write_record(run, record, cfg.steps, cfg.steps, final, "done", history)
     return TrainReport(run.root, cfg.steps, start, final, json.loads(run.record.read_text()))
-
-
-def _write_record(run: RunDir, record: dict, step: int, steps: int, loss, status: str, history=()) -> None:
-    tail = [v for _, v in history][-100:]
-    write_json(run.record, {**record, "step": step, "steps": steps, "status": status, "final_loss": loss,
-                            "loss_mean_last_100": float(np.mean(tail)) if tail else None})
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -638,7 +466,7 @@ def validation_samples(models: Models, cfg: TrainConfig, data: TrainData, device
 
 
 def _validate(run: RunDir, trainer: Trainer, models: Models, data: TrainData, cfg: TrainConfig, step: int) -> None:
-    from adabldm_engine.contact import contact_sheet
+    from adabldm_core.contact import contact_sheet
 
     trainer.controlnet.eval()
     try:
@@ -647,35 +475,3 @@ def _validate(run: RunDir, trainer: Trainer, models: Models, data: TrainData, cf
     finally:
         trainer.controlnet.train()
     write_png(run.validation(step), contact_sheet(rows, ["OK image", "trimap", f"step {step}"], names))
-
-
-def loss_plot(history: list[tuple[int, float]], width: int = 640, height: int = 360) -> np.ndarray:
-    """(H, W, 3) uint8: the per-step loss (grey) and its running mean (blue) against the step."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 64, width - 16, 16, height - 28
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    if not history:
-        draw.text((left + 8, top + 8), "no steps yet", fill=(0, 0, 0))
-        return np.asarray(image)
-    steps = np.array([s for s, _ in history], dtype=float)
-    values = np.array([v for _, v in history], dtype=float)
-    window = max(1, len(values) // 50)
-    mean = np.convolve(values, np.ones(window) / window, mode="valid")
-    lo, hi = float(values.min()), float(values.max())
-    span, first, last = (hi - lo) or 1.0, steps[0], steps[-1]
-
-    def xy(s, v):
-        x = left + (s - first) / max(last - first, 1.0) * (right - left)
-        return x, bottom - (v - lo) / span * (bottom - top)
-
-    draw.line([xy(s, v) for s, v in zip(steps, values)], fill=(180, 180, 180), width=1)
-    draw.line([xy(s, v) for s, v in zip(steps[window - 1 :], mean)], fill=(30, 80, 200), width=2)
-    draw.text((4, top), f"{hi:.4g}", fill=(0, 0, 0))
-    draw.text((4, bottom - 10), f"{lo:.4g}", fill=(0, 0, 0))
-    draw.text((left, bottom + 6), f"step {int(first)}", fill=(0, 0, 0))
-    draw.text((right - 80, bottom + 6), f"step {int(last)}", fill=(0, 0, 0))
-    draw.text((left + 8, top + 4), f"loss (mean of {window})", fill=(30, 80, 200))
-    return np.asarray(image)
