@@ -31,6 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 from adabldm_core import metrics
+from adabldm_engine.backends import activated
 from common import (
     RESULTS,
     clock,
@@ -225,7 +226,7 @@ def cuda_variants(models, res: int, device: torch.device, cfg: BenchConfig) -> l
 
     from adabldm_ref.networks import network_modules, network_specs
 
-    fp16 = torch_cuda_engines(models, res, TorchCudaConfig(dtype="fp16"), device)
+    fp16 = activated(torch_cuda_engines(models, res, TorchCudaConfig(dtype="fp16"), device))
     variants = [Variant("PyTorch fp16 eager", fp16)]
     if device.type != "cuda":
         why = "needs CUDA"
@@ -234,7 +235,7 @@ def cuda_variants(models, res: int, device: torch.device, cfg: BenchConfig) -> l
     if not cfg.compile:
         return variants + [Variant("PyTorch fp16 compiled + CUDA graph", skip="--no-compile")]
     spec = network_specs(models, res)["unet_control"]
-    compiled = TorchCudaBackend(spec, network_modules(models)["unet_control"](), TorchCudaConfig(compile=True), device)
+    compiled = TorchCudaBackend(spec, network_modules(models)["unet_control"](), TorchCudaConfig(compile=True), device).activate()
     return variants + [Variant("PyTorch fp16 compiled + CUDA graph", {**fp16, "unet_control": compiled}, graphs=True)]
 
 
@@ -263,7 +264,7 @@ def ort_variant(models, res, device, graphs: dict[str, Path], base: dict) -> Var
     from adabldm_ref.networks import network_specs
 
     specs = network_specs(models, res)
-    engines = {**base, **{n: OrtBackend(specs[n], graphs[n], str(device)) for n in EXPORTED}}
+    engines = {**base, **{n: OrtBackend(specs[n], graphs[n], str(device)).activate() for n in EXPORTED}}
     return Variant("ONNX Runtime CUDA (fp32 graphs)", engines)
 
 
@@ -403,34 +404,31 @@ def step_runner(ctx: Context, v: Variant, b: int):
     """A StepRunner of the variant at batch b (graph captured where the variant says)."""
     from adabldm_engine.graphed import StepRunner
     from adabldm_engine.runtime import EngineCFG
-    from adabldm_engine.step import ddim_table
 
     from adabldm_ref.models import make_scheduler
+    from adabldm_ref.sampler import ddim_schedule
 
-    h = ctx.cfg.resolution // 8
     g = torch.Generator().manual_seed(100 + b)
     text, control = _contexts(ctx, b)
     hint = torch.rand(b, 3, ctx.cfg.resolution, ctx.cfg.resolution, generator=g).to(ctx.device)
     engine = ctx.reference["unet_control"] if v.engines is None else v.engines["unet_control"]
     eps = EngineCFG(engine, text, control, hint, 9.0, 1.0)
-    table = ddim_table(make_scheduler(), ctx.cfg.steps, ctx.device)
-    z_ok = torch.randn(b, 4, h, h, generator=g).to(ctx.device)
-    m_keep = (torch.rand(b, 1, h, h, generator=g) > 0.3).float().to(ctx.device)
-    return StepRunner(eps, table, z_ok, m_keep, graph=v.graphs)
+    table = ddim_schedule(make_scheduler(), ctx.cfg.steps, ctx.device)
+    return StepRunner(eps, table, graph=v.graphs)
 
 
 def step_rows(ctx: Context, variants: Sequence[Variant], b: int) -> list[dict]:
-    """One blended step (latent-edit window: the most work) per variant at batch b."""
+    """One denoising step (CFG network call and DDIM update) per variant at batch b."""
     h = ctx.cfg.resolution // 8
     g = torch.Generator().manual_seed(b)
-    z, noise = (torch.randn(b, 4, h, h, generator=g).to(ctx.device) for _ in range(2))
+    z = torch.randn(b, 4, h, h, generator=g).to(ctx.device)
     fns, notes = {}, {}
     for v in variants:
         runner, err = attempt(lambda v=v: step_runner(ctx, v, b))
         if err:
             notes[v.name] = err
             continue
-        fns[v.name] = lambda r=runner: r(min(30, ctx.cfg.steps - 1), z, noise)
+        fns[v.name] = lambda r=runner: r(min(30, ctx.cfg.steps - 1), z)
     times, errors = robust_times(fns, ctx.device, ctx.cfg.reps, warmup=2)
     notes.update(errors)
     flops = step_flops(ctx.flops, b)
@@ -456,6 +454,7 @@ def pipeline(ctx: Context, v: Variant, gen):
     """The reference AdaBLDM (v.engines None) or the graphed engine pipeline of v, whose
     stage 4 is engine/adaptation.py's batched adaptation (bf16, channels-last on CUDA)."""
     from adabldm_engine.adaptation import FastAdaptConfig
+    from adabldm_engine.runtime import engine_pipeline
 
     from adabldm_ref.pipeline import reference_pipeline
 
@@ -465,7 +464,7 @@ def pipeline(ctx: Context, v: Variant, gen):
     cuda = ctx.device.type == "cuda"  # bf16 tensor cores want NHWC convolutions
     fast = FastAdaptConfig(precision="bf16" if cuda else "fp32", channels_last=cuda)
     return engine_pipeline(v.engines, m.tokenizer, m.vae, m.latent_scale, gen, device=ctx.device, graphs=v.graphs,
-                                 fast_adapt=fast, static_step=True)
+                           fast_adapt=fast, static_step=True)
 
 
 def sample_rows(ctx: Context, variants: Sequence[Variant]) -> list[dict]:
@@ -558,7 +557,7 @@ def run(cfg: BenchConfig, argv: Sequence[str] = (), log: Callable[[str], None] =
     flops = flops_per_row(models.unet.config, models.controlnet.config, models.text_encoder.config.hidden_size,
                           cfg.resolution)
     ctx = Context(cfg, models, device, flops,
-                  peak_tflops(device, 8192 if device.type == "cuda" else 256), torch_engines(models, cfg.resolution),
+                  peak_tflops(device, 8192 if device.type == "cuda" else 256), activated(torch_engines(models, cfg.resolution)),
                   ok_images(cfg.resolution))
     log("FLOPs per row: " + ", ".join(f"{k} {v / 1e12:.3g} TFLOP" for k, v in ctx.flops.items())
         + f"; fp16 matmul peak {ctx.peak:.0f} TFLOP/s")

@@ -35,9 +35,9 @@ from adabldm_calibration.int8 import (
 )
 from adabldm_calibration.loader import CapturedLoader
 from adabldm_calibration.precision_map import rel_l2
-from adabldm_engine.backends import OrtBackend
+from adabldm_engine.backends import OrtBackend, activated
 from adabldm_engine.bundle import Bundle
-from adabldm_engine.runtime import engine_pipeline, bundle_engines
+from adabldm_engine.runtime import bundle_engines, engine_pipeline
 from adabldm_export.bundle import ExportConfig, export_bundle
 from common import RESULTS, finish, header_lines, interleaved, start, write_report
 
@@ -45,7 +45,7 @@ from adabldm_ref.models import build_tiny
 
 
 def call_speed(spec, fp32_path: Path, int8_path: Path, feeds_by_batch: dict, reps: int, model: str) -> list[dict]:
-    fp32, int8 = OrtBackend(spec, fp32_path), OrtBackend(spec, int8_path)
+    fp32, int8 = OrtBackend(spec, fp32_path).activate(), OrtBackend(spec, int8_path).activate()
     rows = []
     for batch, feeds in feeds_by_batch.items():
         feed = feeds[len(feeds) // 2]
@@ -86,7 +86,7 @@ def diffusion_speed(bundle: Bundle, int8_path: Path, oks, cfg: Int8Config) -> di
     gen, plans = parity_plans(oks, cfg, seed=1)
     tokenizer, vae = bundle.tokenizer(), bundle.adapt_vae()
     pipes = {name: engine_pipeline(engines, tokenizer, vae, bundle.manifest["latent_scale"], gen)
-             for name, engines in (("fp32", bundle_engines(bundle, "onnxruntime")), ("int8", int8_engines(bundle, int8_path)))}
+             for name, engines in (("fp32", activated(bundle_engines(bundle, "onnxruntime"))), ("int8", activated(int8_engines(bundle, int8_path))))}
     t = interleaved({k: (lambda p=p: p.diffuse(plans[:1])) for k, p in pipes.items()}, "cpu", reps=3)
     return {"model": "tiny", "what": f"sample diffusion ({cfg.parity_steps} steps)", "batch": 1, "fp32_s": t["fp32"],
             "int8_s": t["int8"], "speedup": t["fp32"] / t["int8"]}

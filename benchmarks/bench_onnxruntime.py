@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 from adabldm_core.specs import random_inputs
-from adabldm_engine.backends import OrtBackend, TorchBackend
+from adabldm_engine.backends import OrtBackend, TorchBackend, activated
 from adabldm_engine.bundle import Bundle
-from adabldm_engine.runtime import engine_pipeline, bundle_engines, torch_engines
+from adabldm_engine.runtime import bundle_engines, engine_pipeline, torch_engines
 from adabldm_export.bundle import ExportConfig, export_bundle
 from adabldm_export.onnx_export import export_onnx
 from adabldm_export.validate import agreement
@@ -64,12 +64,12 @@ def bench_tiny_networks(models, bundle: Bundle, reps: int) -> list[dict]:
     rows, modules = [], network_modules(models)
     for name in bundle.manifest["networks"]:
         spec = bundle.spec(name)
-        ref, ort = TorchBackend(spec, modules[name]()), OrtBackend(spec, bundle.graph(name))
+        ref, ort = TorchBackend(spec, modules[name]()).activate(), OrtBackend(spec, bundle.graph(name)).activate()
         variants = {"onnxruntime": ort}
         if name == "unet_control":
             fused = ort_unet_optimized(bundle.graph(name), bundle.graph(name).with_name("fused.onnx"))
             if fused is not None:
-                variants["onnxruntime+fusions"] = OrtBackend(spec, fused)
+                variants["onnxruntime+fusions"] = OrtBackend(spec, fused).activate()
         for batch in (1, 4):
             feed = random_inputs(spec, batch, torch.Generator().manual_seed(batch), vocab=514)
             fns = {"torch": lambda: ref.infer(feed)} | {k: (lambda b=b: b.infer(feed)) for k, b in variants.items()}
@@ -91,8 +91,8 @@ def bench_tiny_sample(models, bundle: Bundle, steps: int, adapt_iters: int) -> l
     oks = [OkImage("brick", prepare_ok_image(data.brick(), 256))]
     plans = [plan_sample(0, cfg, oks, ProceduralMasks(("blob",)))]
     pipes = {
-        "torch": engine_pipeline(torch_engines(models, 256), models.tokenizer, models.vae, models.latent_scale, cfg),
-        "onnxruntime": engine_pipeline(bundle_engines(bundle, "onnxruntime"), bundle.tokenizer(),
+        "torch": engine_pipeline(activated(torch_engines(models, 256)), models.tokenizer, models.vae, models.latent_scale, cfg),
+        "onnxruntime": engine_pipeline(activated(bundle_engines(bundle, "onnxruntime")), bundle.tokenizer(),
                                       bundle.adapt_vae(), bundle.manifest["latent_scale"], cfg),
     }
     diff = interleaved({k: (lambda p=p: p.diffuse(plans)) for k, p in pipes.items()}, "cpu", reps=3)
@@ -123,8 +123,8 @@ def bench_sd15_step(reps: int, tmp: Path) -> list[dict]:
         path = export_onnx(spec, module, tmp / f"sd15_{name}.onnx", batch=1)
         print(f"  exported {name} in {time.perf_counter() - t0:.0f} s")
         feed = random_inputs(spec, 1, torch.Generator().manual_seed(0))
-        ref = TorchBackend(spec, module)
-        ort = OrtBackend(spec, path)
+        ref = TorchBackend(spec, module).activate()
+        ort = OrtBackend(spec, path).activate()
         t = interleaved({"torch": lambda: ref.infer(feed), "onnxruntime": lambda: ort.infer(feed)}, "cpu", reps)
         expected = ref.infer(feed)[spec.output_names[0]].clone()
         err = agreement(ort.infer(feed)[spec.output_names[0]], expected)

@@ -189,3 +189,9 @@ def _bind(bind, name: str, x: torch.Tensor) -> None:
     device = "cuda" if x.is_cuda else "cpu"
     index = (x.device.index or 0) if x.is_cuda else 0
     bind(name, device, index, np_dtype, list(x.shape), x.data_ptr())
+
+
+def activated(engines: Mapping[str, Backend]) -> dict[str, Backend]:
+    """``engines`` with every backend activated (the caller deactivates them, or hands them
+    to a pipeline, which does)."""
+    return {name: engine.activate() for name, engine in engines.items()}

@@ -49,7 +49,7 @@ def test_int8_runs_on_captured_feeds(quantized):
     bundle, path, _ = quantized
     spec = bundle.spec("unet_control")
     feeds = CapturedLoader(load_capture(bundle.root / FOLDER), "unet_control", spec, batch=2, limit=2).torch_feeds()
-    fp32, int8 = OrtBackend(spec, bundle.graph("unet_control")), OrtBackend(spec, path)
+    fp32, int8 = OrtBackend(spec, bundle.graph("unet_control")).activate(), OrtBackend(spec, path).activate()
     ref = [[fp32.infer(f)["eps"].clone()] for f in feeds]
     got = [[int8.infer(f)["eps"].clone()] for f in feeds]
     err = rel_l2(got, ref)

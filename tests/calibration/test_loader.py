@@ -79,6 +79,6 @@ def test_polygraphy_comparator_runs_on_the_loader(stored):
     results = Comparator.run([OnnxrtRunner(SessionFromOnnx(str(bundle.graph("vae_decoder"))))], data_loader=loader)
     (_, iterations), = results.items()
     assert len(iterations) == len(loader) == 4
-    ort = OrtBackend(spec, bundle.graph("vae_decoder"))
+    ort = OrtBackend(spec, bundle.graph("vae_decoder")).activate()
     for it, feed in zip(iterations, loader.torch_feeds()):
         np.testing.assert_allclose(it["image"], ort.infer(feed)["image"].numpy(), rtol=0, atol=1e-5)

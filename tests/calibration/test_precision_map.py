@@ -123,8 +123,8 @@ def test_overflow_in_a_real_network_is_mapped_to_its_onnx_nodes(calib_bundle, ov
     conv = next(n for n in fp16.graph.node if n.name.endswith("resnets.0/conv1/Conv") and "up_blocks.3" in n.name)
     weights = {i.name: i.data_type for i in fp16.graph.initializer}
     assert weights[conv.input[1]] == onnx.TensorProto.FLOAT  # its weights stay FP32
-    ort = OrtBackend(spec, tmp_path / "vd16.onnx")
-    fp32 = OrtBackend(spec, graph)
+    ort = OrtBackend(spec, tmp_path / "vd16.onnx").activate()
+    fp32 = OrtBackend(spec, graph).activate()
     got = [[ort.infer(f)["image"].clone()] for f in feeds]
     assert rel_l2(got, [[fp32.infer(f)["image"].clone()] for f in feeds]) < 1e-2
 

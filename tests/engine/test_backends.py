@@ -19,7 +19,7 @@ NETWORKS = ("text_encoder", "vae_encoder", "vae_decoder", "unet_control")
 def test_each_graph_matches_its_module_on_fresh_inputs(bundle_dir, tiny, name):
     bundle = Bundle.open(bundle_dir)
     spec = bundle.spec(name)
-    ort, ref = OrtBackend(spec, bundle.graph(name)), TorchBackend(spec, network_modules(tiny)[name]())
+    ort, ref = OrtBackend(spec, bundle.graph(name)).activate(), TorchBackend(spec, network_modules(tiny)[name]()).activate()
     for batch in (1, 3, 4):  # 3: inside the dynamic range, never seen at export
         feed = random_inputs(spec, batch, torch.Generator().manual_seed(100 + batch), vocab=514)
         expected = {k: v.clone() for k, v in ref.infer(feed).items()}
@@ -32,7 +32,7 @@ def test_each_graph_matches_its_module_on_fresh_inputs(bundle_dir, tiny, name):
 def test_dynamic_batch_gives_the_same_per_sample_results(bundle_dir):
     bundle = Bundle.open(bundle_dir)
     spec = bundle.spec("unet_control")
-    ort = OrtBackend(spec, bundle.graph("unet_control"))
+    ort = OrtBackend(spec, bundle.graph("unet_control")).activate()
     feed4 = random_inputs(spec, 4, torch.Generator().manual_seed(5), vocab=514)
     out4 = ort.infer(feed4)["eps"].clone()
     rows = [1, 5]  # sample 1 of the uncond and cond halves
@@ -44,7 +44,7 @@ def test_dynamic_batch_gives_the_same_per_sample_results(bundle_dir):
 def test_backend_checks_names_shapes_and_dtypes_at_the_boundary(bundle_dir):
     bundle = Bundle.open(bundle_dir)
     spec = bundle.spec("vae_decoder")
-    ort = OrtBackend(spec, bundle.graph("vae_decoder"))
+    ort = OrtBackend(spec, bundle.graph("vae_decoder")).activate()
     with pytest.raises(BackendError, match=r"vae_decoder.latent: shape \(1, 4, 16, 16\), expected \(1, 4, 32, 32\)"):
         ort.infer({"latent": torch.zeros(1, 4, 16, 16)})
     with pytest.raises(BackendError, match="dtype torch.float16, expected float32"):

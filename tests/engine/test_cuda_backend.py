@@ -8,7 +8,7 @@ import pytest
 import torch
 from adabldm_core import metrics
 from adabldm_core.specs import random_inputs
-from adabldm_engine.backends import BackendError
+from adabldm_engine.backends import BackendError, activated
 from adabldm_engine.cuda_backend import (
     TorchCudaBackend,
     TorchCudaConfig,
@@ -44,8 +44,8 @@ def test_config_names_the_bad_value(kwargs, message):
 
 @pytest.mark.parametrize("dtype, tol", [("fp16", 1e-2), ("bf16", 3e-2)])
 def test_reduced_precision_parity_on_cpu(tiny, dtype, tol):
-    engines = torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype=dtype), device="cpu")
-    errors = _rel_errors(engines, torch_engines(tiny, 64), "cpu")
+    engines = activated(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype=dtype), device="cpu"))
+    errors = _rel_errors(engines, activated(torch_engines(tiny, 64)), "cpu")
     assert all(0 < e < tol for e in errors.values()), errors
 
 
@@ -53,8 +53,8 @@ def test_compiled_unet_control_matches_eager_on_cpu(tiny):
     """torch.compile (Inductor's CPU code) of the UNet+ControlNet wrapper, as the
     torch-compile backend builds it: the same outputs as the fp32 reference engine."""
     cfg = TorchCudaConfig(dtype="fp32", compile=True, channels_last=False)
-    compiled = torch_cuda_engines(tiny, 64, cfg, device="cpu")["unet_control"]
-    reference = torch_engines(tiny, 64)["unet_control"]
+    compiled = activated(torch_cuda_engines(tiny, 64, cfg, device="cpu"))["unet_control"]
+    reference = activated(torch_engines(tiny, 64))["unet_control"]
     feed = random_inputs(reference.spec, 2, torch.Generator().manual_seed(1), vocab=514)
     got, want = compiled.infer(feed)["eps"], reference.infer(feed)["eps"]
     assert isinstance(compiled.module, torch._dynamo.eval_frame.OptimizedModule)
@@ -62,7 +62,7 @@ def test_compiled_unet_control_matches_eager_on_cpu(tiny):
 
 
 def test_backend_works_on_a_private_copy_in_channels_last(tiny):
-    engines = torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), device="cpu")
+    engines = activated(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), device="cpu"))
     backend = engines["unet_control"].activate()
     conv = backend.module.unet.unet.conv_in
     assert conv.weight.dtype == torch.bfloat16 and conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -74,7 +74,7 @@ def test_vae_that_overflows_in_fp16_falls_back_to_fp32(tiny):
     loud = copy.deepcopy(tiny)
     with torch.no_grad():
         loud.vae.decoder.conv_out.weight.mul_(1e5)  # outputs far past FP16's 65504
-    engines = torch_cuda_engines(loud, 64, TorchCudaConfig(dtype="fp16"), device="cpu")
+    engines = activated(torch_cuda_engines(loud, 64, TorchCudaConfig(dtype="fp16"), device="cpu"))
     assert engines["vae_decoder"].dtype == torch.float32
     assert engines["vae_encoder"].dtype == engines["unet_control"].dtype == torch.float16
     feed = {"latent": torch.randn(1, 4, 8, 8)}
@@ -95,20 +95,20 @@ def _bundle_stub(tmp_path, tiny):
 @pytest.mark.parametrize("backend", ["torch-cuda", "torch-compile"])
 def test_gpu_backends_refuse_the_cpu(tmp_path, tiny, backend):
     with pytest.raises(BackendError, match=f"--backend {backend} runs on a CUDA device, not 'cpu'"):
-        bundle_engines(_bundle_stub(tmp_path, tiny), backend, device="cpu")
+        activated(bundle_engines(_bundle_stub(tmp_path, tiny), backend, device="cpu"))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile", [False, True])
 def test_fp16_parity_on_cuda(tiny, cuda, compile):
-    engines = torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="fp16", compile=compile), device=cuda)
-    errors = _rel_errors(engines, torch_engines(tiny, 64), cuda)
+    engines = activated(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="fp16", compile=compile), device=cuda))
+    errors = _rel_errors(engines, activated(torch_engines(tiny, 64)), cuda)
     assert all(e < 1e-2 for e in errors.values()), errors
 
 
 @pytest.mark.gpu
 def test_bundle_dispatch_gives_graph_safe_fp16_engines(tmp_path, tiny, cuda):
-    engines = bundle_engines(_bundle_stub(tmp_path, tiny), "torch-cuda", device="cuda")
+    engines = activated(bundle_engines(_bundle_stub(tmp_path, tiny), "torch-cuda", device="cuda"))
     assert set(engines) == set(NETWORKS)
     assert all(isinstance(e, TorchCudaBackend) and e.graph_safe for e in engines.values())
 
@@ -126,8 +126,8 @@ def test_graphed_fp16_pipeline_matches_the_fp32_reference_images(tiny, small_tex
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
     oks = small_textures[:1]  # brick
     plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in range(2)]
-    ref = engine_pipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
-    gpu = engine_pipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(compile=compile), cuda),
+    ref = engine_pipeline(activated(torch_engines(tiny, 64)), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+    gpu = engine_pipeline(activated(torch_cuda_engines(tiny, 64, TorchCudaConfig(compile=compile), cuda)),
                           tiny.tokenizer, copy.deepcopy(tiny.vae).to(cuda), tiny.latent_scale, cfg, device=cuda,
                           static_step=True)
     assert gpu.stepper.graphs
@@ -148,8 +148,8 @@ def test_static_loop_over_reduced_precision_engines_on_cpu(tiny, small_textures)
 
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=0))
     oks = small_textures[:1]  # brick
-    ref = engine_pipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
-    fast = engine_pipeline(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), "cpu"),
+    ref = engine_pipeline(activated(torch_engines(tiny, 64)), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg)
+    fast = engine_pipeline(activated(torch_cuda_engines(tiny, 64, TorchCudaConfig(dtype="bf16"), "cpu")),
                            tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg, static_step=True)
     assert not fast.stepper.graphs and fast.denoiser.net.graph_safe
     for batch in ([0, 1], [2, 3]):

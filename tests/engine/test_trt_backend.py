@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from adabldm_core.metrics import psnr
-from adabldm_engine.backends import BackendError
+from adabldm_engine.backends import BackendError, activated
 from adabldm_engine.trt_backend import EngineFile, TrtBackend
 from adabldm_engine.trt_cache import EngineProfile, StaleEngineError
 from click.testing import CliRunner
@@ -56,7 +56,7 @@ def test_bundle_dispatch_without_tensorrt_is_refused(tmp_path, tiny):
     from .test_cuda_backend import _bundle_stub
 
     with pytest.raises(BackendError, match="TensorRT engines need the tensorrt package"):
-        bundle_engines(_bundle_stub(tmp_path, tiny), "tensorrt", device="cuda")
+        activated(bundle_engines(_bundle_stub(tmp_path, tiny), "tensorrt", device="cuda"))
 
 
 @no_tensorrt
@@ -116,8 +116,8 @@ def test_per_engine_parity_with_pytorch_fp32(trt_bundle, tiny, batch):
     from adabldm_engine.runtime import bundle_engines, torch_engines
     from adabldm_export.validate import agreement
 
-    engines = bundle_engines(Bundle.open(trt_bundle[0]), "tensorrt", device="cuda")
-    reference = torch_engines(tiny, 64)
+    engines = activated(bundle_engines(Bundle.open(trt_bundle[0]), "tensorrt", device="cuda"))
+    reference = activated(torch_engines(tiny, 64))
     for name, engine in engines.items():
         spec = engine.spec
         feed = random_inputs(spec, batch if name != "text_encoder" else 2, torch.Generator().manual_seed(batch), vocab=514)
@@ -130,7 +130,7 @@ def test_per_engine_parity_with_pytorch_fp32(trt_bundle, tiny, batch):
 @pytest.mark.parametrize("graphs", [False, True])
 def test_end_to_end_images_match_the_reference(trt_bundle, tiny, small_textures, tmp_path, graphs):
     from adabldm_engine.bundle import Bundle
-    from adabldm_engine.runtime import engine_pipeline, bundle_engines, torch_engines
+    from adabldm_engine.runtime import bundle_engines, engine_pipeline, torch_engines
 
     from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
     from adabldm_ref.pipeline import ProceduralMasks, plan_sample
@@ -139,8 +139,8 @@ def test_end_to_end_images_match_the_reference(trt_bundle, tiny, small_textures,
     cfg = GenerationConfig(resolution=64, sampler=SamplerConfig(steps=8), adapt=AdaptConfig(iters=2))
     oks = small_textures[:1]  # brick
     plans = [plan_sample(i, cfg, oks, ProceduralMasks(("blob",))) for i in range(2)]
-    ref = engine_pipeline(torch_engines(tiny, 64), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg).run(plans)
-    trt = engine_pipeline(bundle_engines(bundle, "tensorrt", device="cuda"), bundle.tokenizer(),
+    ref = engine_pipeline(activated(torch_engines(tiny, 64)), tiny.tokenizer, tiny.vae, tiny.latent_scale, cfg).run(plans)
+    trt = engine_pipeline(activated(bundle_engines(bundle, "tensorrt", device="cuda")), bundle.tokenizer(),
                           bundle.adapt_vae().cuda(), bundle.manifest["latent_scale"], cfg, device="cuda",
                           static_step=graphs)
     if graphs:
@@ -171,12 +171,12 @@ def test_stale_or_modified_engines_are_refused(trt_bundle, tmp_path):
         rec["tensorrt"] = "0.0.1"
         rec_path.write_text(json.dumps(rec))
     with pytest.raises(StaleEngineError, match="built with TensorRT 0.0.1, this machine has"):
-        bundle_engines(Bundle.open(copy), "tensorrt", device="cuda")
+        activated(bundle_engines(Bundle.open(copy), "tensorrt", device="cuda"))
     shutil.rmtree(copy)
     shutil.copytree(trt_bundle[0], copy)
     plan = sorted((copy / "trt").glob("vae_decoder.*.plan"))[0]
     plan.write_bytes(plan.read_bytes()[:-16] + bytes(16))
-    engines = bundle_engines(Bundle.open(copy), "tensorrt", device="cuda")
+    engines = activated(bundle_engines(Bundle.open(copy), "tensorrt", device="cuda"))
     with pytest.raises(StaleEngineError, match="changed since it was built"):
         for batch in (1, 2):
             engines["vae_decoder"].infer({"latent": torch.randn(batch, 4, 8, 8, device="cuda")})
@@ -193,8 +193,8 @@ def test_onnxruntime_cuda_parity(trt_bundle, tiny):
     from adabldm_engine.runtime import bundle_engines, torch_engines
     from adabldm_export.validate import agreement
 
-    engines = bundle_engines(Bundle.open(trt_bundle[0]), "onnxruntime", device="cuda")
-    reference = torch_engines(tiny, 64)
+    engines = activated(bundle_engines(Bundle.open(trt_bundle[0]), "onnxruntime", device="cuda"))
+    reference = activated(torch_engines(tiny, 64))
     for name in ("vae_decoder", "unet_control"):
         spec = engines[name].spec
         feed = random_inputs(spec, 2, torch.Generator().manual_seed(0), vocab=514)
