@@ -61,7 +61,8 @@ def test_bundle_for_another_resolution_is_refused(bundle_dir, tmp_path):
 
 def test_onnxruntime_backend_needs_a_bundle(tmp_path):
     result = run("--backend", "onnxruntime", "--out", tmp_path / "o")
-    assert result.exit_code == 1 and "needs --bundle" in result.output
+    assert result.exit_code == 2 and "needs --bundle" in result.output  # usage: options that do not go together
+    assert not (tmp_path / "o").exists()
 
 
 def test_export_cli_help_and_refusal_to_overwrite(bundle_dir):
