@@ -14,14 +14,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adabldm_core.io import InputError
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
-from adabldm_core.io import InputError
 from adabldm_ref import fewshot
 from adabldm_ref.models import build_tiny, load_models
-from adabldm_ref.train import TrainConfig, TrainError, Trainer, initial_controlnet, load_base, load_data, train
+from adabldm_ref.train import (
+    TrainConfig,
+    Trainer,
+    TrainError,
+    initial_controlnet,
+    load_base,
+    load_data,
+    train,
+)
 from adabldm_ref.train_cli import main as train_main
 
 SIZE = 96  # files on disk; training resizes to 64
@@ -479,3 +487,18 @@ def test_trained_controlnet_in_adabldm_export(trained, job_inputs, reference_run
         m = png(ort / f"ground_truth/defect/{i:04d}_mask.png") > 0
         base = png(initial / f"test/defect/{i:04d}.png")
         assert np.abs(b - base)[m].max() >= 1
+
+
+def test_benchmark_script_on_the_tiny_model(load_benchmark, tmp_path, monkeypatch):
+    """benchmarks/bench_train.py end to end on the tiny model (SD size skipped), 64 px."""
+    bench = load_benchmark("bench_train")
+    monkeypatch.setattr("sys.argv", ["bench_train.py", "--skip-sd", "--resolution", "64", "--tiny-steps", "1",
+                                     "--device", "cpu", "--out", str(tmp_path / "train_cpu")])
+    bench.main()
+    record = json.loads((tmp_path / "train_cpu.json").read_text())
+    rows = {(r["precision"], r["batch"]): r for r in record["rows"]}
+    assert set(rows) == {("fp32", 1), ("bf16", 1), ("fp32", 4), ("bf16", 4)}
+    assert all(r["images_per_s"] > 0 and r["added_rss_bytes"] >= 0 for r in rows.values())
+    assert 0 < rows[("fp32", 1)]["vae_encode_flop_per_image"] < rows[("fp32", 1)]["flop_per_image"]
+    text = (tmp_path / "train_cpu.md").read_text()
+    assert "| tiny | bf16 | 4 | 1 + 1 |" in text and "GPU figures: missing" in text
