@@ -4,10 +4,11 @@ The loop is diffusers' ControlNet recipe (examples/controlnet/train_controlnet.p
 the authors' settings: latents = 0.18215 * VAE posterior sample of the pair's target,
 noise-prediction MSE at uniform timesteps of the 1000-step scaled-linear schedule, the
 UNet conditioned on the prompt and the ControlNet on the empty prompt, AdamW on the
-ControlNet only. Everything random in step ``s`` (pairs, posterior sample, noise,
-timesteps, prompt dropout) is drawn from generators seeded by ``(seed, s)``, and a
-checkpoint holds weights, optimiser, step and RNG state: a resumed run reaches the same
-weights as an uninterrupted one (bit for bit on the CPU).
+ControlNet only. Everything random about pair ``i`` of step ``s`` (the pair itself, its
+posterior sample, noise, timestep, prompt dropout) is drawn from generators seeded by
+``(seed, s, i)``, and a checkpoint holds weights, optimiser, step and RNG state: a resumed
+run reaches the same weights as an uninterrupted one (bit for bit on the CPU with the
+same thread count), and gradient accumulation sees what a larger batch sees.
 
 The run directory (checkpoints, record, loss log) is :mod:`adabldm_ref.train_run`.
 """
@@ -146,9 +147,9 @@ def tool_versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed for random stream ``stream`` of optimiser step ``step``."""
-    state = np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint32)
+def step_seed(seed: int, step: int, index: int) -> int:
+    """A 63-bit torch seed for pair ``index`` of optimiser step ``step`` (its noise and timestep)."""
+    state = np.random.SeedSequence([seed, step, index, 1]).generate_state(2, np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
