@@ -48,11 +48,11 @@ from adabldm_ref.adaptation import adapt_decoder
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import build_tiny
 from adabldm_ref.pipeline import (
-    reference_pipeline,
     OkImage,
     ProceduralMasks,
     plan_sample,
     prepare_ok_image,
+    reference_pipeline,
     to_tensor,
     to_uint8,
 )

@@ -22,7 +22,7 @@ from adabldm_engine.adaptation import (
 
 from adabldm_ref.adaptation import adapt_decoder
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import reference_pipeline, ProceduralMasks, plan_sample
+from adabldm_ref.pipeline import ProceduralMasks, plan_sample, reference_pipeline
 
 ITERS = 3
 B = 3

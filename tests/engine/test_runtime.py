@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from adabldm_core.metrics import masked_psnr
 from adabldm_engine.bundle import Bundle
-from adabldm_engine.runtime import engine_pipeline, bundle_engines
+from adabldm_engine.runtime import bundle_engines, engine_pipeline
 
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import reference_pipeline, ProceduralMasks, plan_sample
+from adabldm_ref.pipeline import ProceduralMasks, plan_sample, reference_pipeline
 
 
 @pytest.fixture(scope="module")

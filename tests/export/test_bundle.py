@@ -7,13 +7,13 @@ import pytest
 import torch
 from adabldm_engine.bundle import MANIFEST, Bundle, BundleError
 from adabldm_engine.graphed import StaticStepper
-from adabldm_engine.runtime import bundle_engines, engine_pipeline
-from adabldm_ref.pipeline import SchedulerStepper
+from adabldm_engine.runtime import bundle_engines
 from adabldm_export.bundle import ExportConfig, export_bundle
 from adabldm_export.validate import ExportValidationError
 
 from adabldm_ref.config import GenerationConfig
 from adabldm_ref.models import build_tiny
+from adabldm_ref.pipeline import SchedulerStepper
 
 NETWORKS = ("text_encoder", "vae_encoder", "vae_decoder", "unet_control")
 

@@ -7,7 +7,12 @@ from adabldm_core.metrics import masked_psnr
 
 from adabldm_ref.adaptation import adapt_decoder, adaptation_loss
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import reference_pipeline, ProceduralMasks, plan_sample, to_uint8
+from adabldm_ref.pipeline import (
+    ProceduralMasks,
+    plan_sample,
+    reference_pipeline,
+    to_uint8,
+)
 
 
 def test_adaptation_loss_is_the_papers_formula():

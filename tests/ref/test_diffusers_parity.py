@@ -7,7 +7,14 @@ from diffusers import StableDiffusionControlNetPipeline
 
 from adabldm_ref.config import SamplerConfig
 from adabldm_ref.models import encode_prompts, make_scheduler
-from adabldm_ref.sampler import ControlNetCFG, NoiseSource, SchedulerStep, ddim_schedule, sample_blended, stepped_scheduler
+from adabldm_ref.sampler import (
+    ControlNetCFG,
+    NoiseSource,
+    SchedulerStep,
+    ddim_schedule,
+    sample_blended,
+    stepped_scheduler,
+)
 
 
 def test_unblended_sampler_matches_diffusers_controlnet_pipeline(tiny):
