@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from adabldm_core.precision import ADAPT_PRECISIONS, choices
-
 KINDS = ("blob", "scratch", "crack")  # adabldm_ref.procedural.KINDS
+ADAPT_PRECISIONS = ("fp32", "bf16")  # adabldm_core.precision.choices(ADAPT_PRECISIONS); that module imports torch
 BACKENDS = ("torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt")  # adabldm_engine.backends
 FOREGROUND_MIN_AREA = 0.005  # adabldm_ref.masks.FOREGROUND_MIN_AREA
 
@@ -99,7 +98,7 @@ def _device(value: str) -> str:
 @click.option("--control-scale", default=1.0, show_default=True, help="ControlNet conditioning scale.")
 @click.option("--adapt-iters", default=200, show_default=True, type=click.IntRange(min=0), help="Online decoder adaptation iterations (0: off).")
 @click.option("--adapt-lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adaptation AdamW learning rate.")
-@click.option("--adapt-precision", type=click.Choice(choices(ADAPT_PRECISIONS)), default="fp32", show_default=True, help="Adaptation arithmetic; bf16: bfloat16 autocast, fp32 weights and loss (a run of its own).")
+@click.option("--adapt-precision", type=click.Choice(ADAPT_PRECISIONS), default="fp32", show_default=True, help="Adaptation arithmetic; bf16: bfloat16 autocast, fp32 weights and loss (a run of its own).")
 @click.option("--preservation", default=100.0, show_default=True, type=click.FloatRange(min=0), help="Adaptation background weight (lambda).")
 @click.option("--resolution", default=256, show_default=True, callback=_resolution, help="Working resolution, a multiple of 64.")
 @click.option("--renoise", type=click.Choice(["next", "current"]), default="next", show_default=True, help="Pixel stage: re-noise to the next timestep (fixed) or the current one (authors' code).")
@@ -135,7 +134,12 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     if not batch_mode:
         raise click.UsageError("choose a mode: --batch (bulk synthesis)")
-    from adabldm_ref.config import AdaptConfig, GenerationConfig, MaskConfig, SamplerConfig
+    from adabldm_ref.config import (
+        AdaptConfig,
+        GenerationConfig,
+        MaskConfig,
+        SamplerConfig,
+    )
 
     from .job import EXIT_ERROR, EXIT_INTERRUPTED, JobConfig, run_job
 

@@ -66,7 +66,13 @@ def test_option_defaults_are_the_configuration_defaults():
     from adabldm_core.precision import ADAPT_PRECISIONS, choices
     from adabldm_engine import cli
     from adabldm_engine.backends import BACKENDS
-    from adabldm_ref.config import AdaptConfig, GenerationConfig, MaskConfig, SamplerConfig
+
+    from adabldm_ref.config import (
+        AdaptConfig,
+        GenerationConfig,
+        MaskConfig,
+        SamplerConfig,
+    )
     from adabldm_ref.masks import FOREGROUND_MIN_AREA
     from adabldm_ref.procedural import KINDS
 
@@ -88,7 +94,7 @@ def test_option_defaults_are_the_configuration_defaults():
     assert defaults["procedural"] == ",".join(job.JobConfig.procedural) == ",".join(KINDS)
     assert cli.KINDS == KINDS and cli.BACKENDS == BACKENDS and cli.FOREGROUND_MIN_AREA == FOREGROUND_MIN_AREA
     params = {p.name: p for p in main.params}
-    assert list(params["adapt_precision"].type.choices) == choices(ADAPT_PRECISIONS)
+    assert list(params["adapt_precision"].type.choices) == choices(ADAPT_PRECISIONS) == list(cli.ADAPT_PRECISIONS)
 
 
 def test_help_and_usage_errors_import_nothing_heavy(tmp_path):
