@@ -155,8 +155,9 @@ LOCK_NAME = ".adabldm.lock"
 
 
 @contextmanager
-def folder_lock(folder: str | Path) -> Iterator[Path]:
-    """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block.
+def folder_lock(folder: str | Path, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the ``with`` block;
+    ``name``: the lock file (a shard of a job locks its own part of the folder).
 
     A second holder, in this process or another, is refused with an InputError naming
     the first one's pid, host and start time. The lock is ``flock`` on ``folder/.adabldm.lock``:
@@ -169,12 +170,12 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         raise InputError(f"{folder} is a file: expected a folder (or a path to make one)")
     made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    fd = _lock(folder / LOCK_NAME)
+    fd = _lock(folder / name)
     try:
         yield folder
     finally:
         try:
-            (folder / LOCK_NAME).unlink(missing_ok=True)  # still ours: nobody else can hold it
+            (folder / name).unlink(missing_ok=True)  # still ours: nobody else can hold it
         finally:
             os.close(fd)  # releases the lock
         for path in made:  # innermost first; stops at the first folder with content

@@ -153,6 +153,9 @@ class JobReport:
 class Layout:
     out: Path
     defect: str
+    # The manifest this process appends to: one writer per file (a shard has its own,
+    # engine/scaleout.py); all of them are read, merged, to know what is finished.
+    manifest_name: str = "manifest.jsonl"
 
     def image(self, i: int) -> Path:
         return self.out / "test" / self.defect / f"{i:04d}.png"
@@ -165,7 +168,11 @@ class Layout:
 
     @property
     def manifest(self) -> Path:
-        return self.out / "manifest.jsonl"
+        return self.out / self.manifest_name
+
+    def manifests(self) -> list[Path]:
+        """Every manifest in ``out``: manifest.jsonl and the shards' manifest.shard-K-of-N.jsonl."""
+        return sorted(self.out.glob("manifest*.jsonl"))
 
     @property
     def run_record(self) -> Path:
@@ -345,25 +352,11 @@ def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
         old = _read_record(layout.run_record)
         if old.get("run_key") != record["run_key"]:
             raise _refusal(layout, old, record)
-    entries, others, sizes = {}, [], set()
-    incomplete = duplicate = 0
-    if layout.manifest.exists():
-        for line in layout.manifest.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                i = int(entry["index"])
-            except (ValueError, KeyError, TypeError):
-                incomplete += 1
-                continue
-            if entry.get("defect", layout.defect) != layout.defect:
-                others.append(line)  # another defect type of the same category
-            elif entry.get("run_key") != record["run_key"] or not layout.complete(i):
-                incomplete += 1
-            elif i in entries:
-                duplicate += 1
-            else:
-                entries[i] = line
-                sizes.add(entry.get("batch_size", batch_size))
+    reads = {path: _read_manifest(path, layout, record["run_key"]) for path in layout.manifests()}
+    entries = {i: line for read in reads.values() for i, line in read.entries.items()}  # merged
+    sizes = {b for read in reads.values() for b in read.sizes}
+    own = reads.get(layout.manifest, _ManifestRead())  # the only one this process rewrites
+    others, incomplete, duplicate = own.others, own.incomplete, own.duplicate
     if sizes - {batch_size}:
         made = ", ".join(f"--batch-size {b}" for b in sorted(sizes))
         raise InputError(
@@ -379,9 +372,42 @@ def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
     if duplicate:
         log.warning("manifest: dropped %d duplicate line(s) (one line kept per sample)", duplicate)
     if incomplete or duplicate:
-        kept = others + [entries[i] for i in sorted(entries)]
+        kept = others + [own.entries[i] for i in sorted(own.entries)]
         write_text(layout.manifest, "".join(line + "\n" for line in kept))
     return set(entries)
+
+
+@dataclass
+class _ManifestRead:
+    """One manifest file as read by open_run."""
+
+    entries: dict[int, str] = field(default_factory=dict)  # index -> line of a complete sample of the run
+    others: list[str] = field(default_factory=list)  # lines of another defect type of the category
+    sizes: set[int] = field(default_factory=set)  # batch sizes of the entries
+    incomplete: int = 0  # unreadable lines, another run's, or files missing
+    duplicate: int = 0
+
+
+def _read_manifest(path: Path, layout: Layout, run_key: str) -> _ManifestRead:
+    read = _ManifestRead()
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            i = int(entry["index"])
+        except (ValueError, KeyError, TypeError):
+            read.incomplete += 1
+            continue
+        if entry.get("defect", layout.defect) != layout.defect:
+            read.others.append(line)
+        elif entry.get("run_key") != run_key or not layout.complete(i):
+            read.incomplete += 1
+        elif i in read.entries:
+            read.duplicate += 1
+        else:
+            read.entries[i] = line
+            if "batch_size" in entry:
+                read.sizes.add(entry["batch_size"])
+    return read
 
 
 # ---------------------------------------------------------------------------------------
@@ -390,6 +416,11 @@ def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
 
 def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int) -> None:
     """Write one sample's files, then its manifest line (the commit point)."""
+    append_line(layout.manifest, write_sample_files(layout, sample, run_key, settings, batch_size))
+
+
+def write_sample_files(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int) -> str:
+    """Write one sample's files (each atomically); return its manifest line, not yet written."""
     t0 = time.perf_counter()
     p, i = sample.plan, sample.plan.index
     write_png(layout.mask(i), sample.mask_uint8)
@@ -414,7 +445,7 @@ def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, b
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "quality": {k: _finite(v) for k, v in sample.quality.items()},
     }
-    append_line(layout.manifest, json.dumps(entry, sort_keys=True, allow_nan=False))
+    return json.dumps(entry, sort_keys=True, allow_nan=False)
 
 
 def _finite(value: float) -> float | None:
@@ -430,10 +461,9 @@ def _load_png(path: Path) -> np.ndarray:
 
 
 def write_contact_sheet(layout: Layout, rows: int) -> None:
-    if not layout.manifest.exists():
-        return
-    lines = [json.loads(line) for line in layout.manifest.read_text().splitlines()]
-    indices = sorted(e["index"] for e in lines if e.get("defect", layout.defect) == layout.defect)
+    lines = [line for path in layout.manifests() for line in path.read_text().splitlines()]
+    entries = [json.loads(line) for line in lines]
+    indices = sorted({e["index"] for e in entries if e.get("defect", layout.defect) == layout.defect})
     tiles, names = [], []
     for i in indices[:rows]:
         paths = [layout.extra(i, "source"), layout.extra(i, "trimap"), layout.extra(i, "blended"),
@@ -452,33 +482,38 @@ def write_contact_sheet(layout: Layout, rows: int) -> None:
 # The job
 
 
-def run_job(cfg: JobConfig, progress: bool = True) -> JobReport:
-    """Generate samples 0..num-1 into ``cfg.out`` (skipping finished ones).
+def run_job(cfg: JobConfig, progress: bool = True, shard=None) -> JobReport:
+    """Generate samples 0..num-1 into ``cfg.out`` (skipping finished ones); with ``shard``
+    (an ``adabldm_engine.scaleout.Shard``) only that shard's chunks, into its own manifest.
 
-    The folder is locked for the run: a second run on it is refused (naming this one)
-    instead of making every sample a second time."""
-    with folder_lock(cfg.out):
-        return _run_locked(cfg, progress)
+    The folder is locked for the run (a shard locks its own part): a second run on it is
+    refused (naming this one) instead of making every sample a second time."""
+    with folder_lock(cfg.out, *([shard.lock_name] if shard else [])):
+        return _run_locked(cfg, progress, shard)
 
 
-def _run_locked(cfg: JobConfig, progress: bool) -> JobReport:
+def _run_locked(cfg: JobConfig, progress: bool, shard=None) -> JobReport:
     report = JobReport(cfg.out, cfg.num)
     images = load_ok_images(cfg, report.skipped_inputs)
     masks = load_mask_source(cfg, report.skipped_inputs)
     pipeline, identity = make_pipeline(cfg)
     with pipeline:  # engines are released on every exit path
-        return _generate(cfg, pipeline, identity, images, masks, report, progress)
+        return _generate(cfg, pipeline, identity, images, masks, report, progress, shard)
 
 
-def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequence[OkImage], masks: MaskSource,
-              report: JobReport, progress: bool) -> JobReport:
+def chunks_of(num: int, batch_size: int) -> list[range]:
+    """The fixed chunks of ``batch_size`` consecutive indices of 0..num-1 (the last one shorter)."""
+    return [range(start, min(start + batch_size, num)) for start in range(0, num, batch_size)]
+
+
+def run_record(cfg: JobConfig, identity: str, images: Sequence[OkImage], masks: MaskSource,
+               sources: Sequence[MaskSource]) -> dict:
+    """The run record (runs/{defect}.json) with its run key: what the bytes depend on."""
     gen = cfg.generation
-    settings = gen.to_dict()
-    sources = mask_sources(images, masks, gen.resolution)
     record = {
         "format_version": FORMAT_VERSION,
         "settings_hash": gen.digest(),
-        "settings": settings,
+        "settings": gen.to_dict(),
         "model": cfg.model or "tiny",
         "controlnet": cfg.controlnet,
         "model_identity": identity,
@@ -488,15 +523,26 @@ def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequenc
         "inputs": [ok.name for ok in images],
     }
     key_src = ":".join(record[k] for k in ("settings_hash", "model_identity", "backend", "inputs_digest"))
-    record["run_key"] = run_key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    layout = Layout(cfg.out, gen.defect)
-    done = open_run(layout, record, cfg.batch_size)
-    report.resumed = len(done & set(range(cfg.num)))
+    record["run_key"] = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    return record
 
-    bar = tqdm(total=cfg.num, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
+
+def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequence[OkImage], masks: MaskSource,
+              report: JobReport, progress: bool, shard=None) -> JobReport:
+    gen = cfg.generation
+    settings = gen.to_dict()
+    sources = mask_sources(images, masks, gen.resolution)
+    record = run_record(cfg, identity, images, masks, sources)
+    run_key = record["run_key"]
+    layout = Layout(cfg.out, gen.defect, shard.manifest_name if shard else "manifest.jsonl")
+    done = open_run(layout, record, cfg.batch_size)
+    chunks = shard.chunks(cfg.num, cfg.batch_size) if shard else chunks_of(cfg.num, cfg.batch_size)
+    report.total = sum(len(chunk) for chunk in chunks)
+    report.resumed = len(done & {i for chunk in chunks for i in chunk})
+
+    bar = tqdm(total=report.total, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
     try:
-        for start in range(0, cfg.num, cfg.batch_size):
-            chunk = range(start, min(start + cfg.batch_size, cfg.num))
+        for chunk in chunks:
             todo = [i for i in chunk if i not in done]
             if not todo:
                 continue
