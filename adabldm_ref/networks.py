@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-
 from adabldm_core.specs import NetworkSpec, TensorSpec, active
 
 from .config import LATENT_STRIDE
 from .models import Models
+
 
 def network_specs(models: Models, resolution: int, split_controlnet: bool = False) -> dict[str, NetworkSpec]:
     """The specs of every network exported for ``models`` at ``resolution``."""

@@ -12,15 +12,22 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+from adabldm_core.metrics import masked_psnr
 from diffusers import DDIMScheduler
 from PIL import Image
 
 from .adaptation import AdaptResult, adapt_decoder
 from .config import LATENT_STRIDE, AdaptConfig, GenerationConfig
-from .masks import Placement, foreground_mask, latent_keep_mask, make_trimap, place_defect, resize_gray
+from .masks import (
+    Placement,
+    foreground_mask,
+    latent_keep_mask,
+    make_trimap,
+    place_defect,
+    resize_gray,
+)
 from .models import Models, encode_prompts, make_scheduler
 from .procedural import KINDS, procedural_mask
-from adabldm_core.metrics import masked_psnr
 from .sampler import (
     BlendTargets,
     Codec,

@@ -27,14 +27,36 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
+from adabldm_core.contact import contact_sheet
 from adabldm_core.io import InputError, write_png
 from adabldm_core.precision import Precision
 
-from .config import LATENT_STRIDE, SchedulerConfig
-from .fewshot import Split, data_digest, load_backgrounds, load_shot, pair_files, split_files
-from .models import TINY, Models, build_tiny, encode_prompts, load_controlnet, load_pretrained
+from .config import (
+    LATENT_STRIDE,
+    AdaptConfig,
+    GenerationConfig,
+    SamplerConfig,
+    SchedulerConfig,
+)
+from .fewshot import (
+    Split,
+    data_digest,
+    load_backgrounds,
+    load_shot,
+    pair_files,
+    split_files,
+)
+from .masks import PlacementError
+from .models import (
+    TINY,
+    Models,
+    build_tiny,
+    encode_prompts,
+    load_controlnet,
+    load_pretrained,
+)
 from .pairs import Augment, Background, Pair, Shot, host_table, make_pairs
+from .pipeline import OkImage, RealMasks, plan_sample, reference_pipeline
 from .train_run import (
     FORMAT_VERSION,
     LossLog,
@@ -447,9 +469,6 @@ def validation_samples(models: Models, cfg: TrainConfig, data: TrainData, device
     """Rows (OK image, trimap, generated) of ``cfg.validate_samples`` fixed-seed samples made
     by the project's blended sampler (``cfg.validate_steps`` DDIM steps, no adaptation) with
     the held-in shots' masks placed on the OK images."""
-    from .config import AdaptConfig, GenerationConfig, SamplerConfig
-    from .masks import PlacementError
-    from .pipeline import OkImage, RealMasks, plan_sample, reference_pipeline
 
     gen = GenerationConfig(object_name=cfg.object_name, defect=cfg.defect, resolution=cfg.resolution, seed=cfg.seed,
                            sampler=SamplerConfig(steps=cfg.validate_steps), adapt=AdaptConfig(iters=0))
@@ -467,7 +486,6 @@ def validation_samples(models: Models, cfg: TrainConfig, data: TrainData, device
 
 
 def _validate(run: RunDir, trainer: Trainer, models: Models, data: TrainData, cfg: TrainConfig, step: int) -> None:
-    from adabldm_core.contact import contact_sheet
 
     trainer.controlnet.eval()
     try:

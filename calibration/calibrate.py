@@ -13,12 +13,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from adabldm_ref.models import Models
+from adabldm_core.io import write_json
+from adabldm_engine.bundle import Bundle
 
-from .capture import FOLDER, INDEX, Capture, CaptureConfig, capture, capture_matches, load_capture, save_capture
+from adabldm_ref.models import Models
+from adabldm_ref.networks import network_modules
+
+from .capture import (
+    FOLDER,
+    INDEX,
+    Capture,
+    CaptureConfig,
+    capture,
+    capture_matches,
+    load_capture,
+    save_capture,
+)
 from .int8 import RECORD, Int8Config, quantize_bundle
 from .loader import captured_feeds
-from .precision_map import PrecisionConfig, find_precision_map, map_entry, write_precision_map
+from .precision_map import (
+    PrecisionConfig,
+    find_precision_map,
+    map_entry,
+    write_precision_map,
+)
 from .precision_onnx import onnx_block_list, onnxruntime_fp16_errors
 
 
@@ -33,8 +51,6 @@ class CalibrateConfig:
 
 def calibrate(models: Models, cfg: CalibrateConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Run the steps ``cfg`` asks for on the bundle; returns what was written and measured."""
-    from adabldm_core.io import write_json
-    from adabldm_engine.bundle import Bundle
 
     bundle = Bundle.open(cfg.bundle)
     bundle.check(identity=models.identity())
@@ -71,7 +87,6 @@ def precision_map(bundle, models: Models, cap: Capture, cfg: PrecisionConfig, ne
     """The precision-map entry of each network (search in PyTorch, nodes and ORT figures from the bundle's graphs)."""
     import onnx
 
-    from adabldm_ref.networks import network_modules
 
     modules = network_modules(models)
     split = "controlnet" in bundle.manifest["networks"]

@@ -24,9 +24,10 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from adabldm_core.io import file_sha256, read_image, read_versioned_json, write_json
+from adabldm_engine.runtime import RecordingBackend, engine_pipeline, torch_engines
 from tqdm import tqdm
 
-from adabldm_core.io import file_sha256, read_versioned_json
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import Models
 from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image
@@ -106,7 +107,6 @@ class Capture:
 def ok_images(cfg: CaptureConfig) -> list[OkImage]:
     """The user's images (``cfg.images``) or scikit-image textures, at most ``max_images``."""
     if cfg.images:
-        from adabldm_core.io import read_image
 
         chosen = [(Path(p).name, read_image(p)) for p in cfg.images[: cfg.max_images]]
     else:
@@ -126,7 +126,6 @@ def capture(models: Models, cfg: CaptureConfig) -> Capture:
     Samples ``0 .. n*samples_per_image - 1`` (sample i uses image ``i % n``) run in
     batches of ``cfg.batch``. Deterministic: same models and config, same tensors.
     """
-    from adabldm_engine.runtime import RecordingBackend, engine_pipeline, torch_engines
 
     oks = ok_images(cfg)
     gen = cfg.generation()
@@ -195,7 +194,6 @@ def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def save_capture(cap: Capture, folder: str | Path) -> Path:
     """Write ``cap`` into ``folder`` (captured.npz, then capture.json); returns the JSON path."""
-    from adabldm_core.io import write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

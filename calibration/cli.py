@@ -43,6 +43,7 @@ def main(bundle, model, controlnet, allow_pickle, reuse_capture, ok_images, step
     on any error.
     """
     from adabldm_core.io import list_images
+
     from adabldm_ref.models import load_models
 
     from .calibrate import CalibrateConfig, calibrate

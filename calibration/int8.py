@@ -17,8 +17,13 @@ from pathlib import Path
 
 from adabldm_core.io import file_sha256
 from adabldm_core.metrics import psnr
+from adabldm_engine.backends import OrtBackend
+from adabldm_engine.runtime import bundle_engines, engine_pipeline
 
-from .capture import CaptureError
+from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
+from adabldm_ref.pipeline import ProceduralMasks, plan_sample
+
+from .capture import FOLDER, CaptureError, ok_images_of
 from .loader import CapturedLoader, ort_calibration_reader
 from .precision_map import json_number
 
@@ -75,7 +80,12 @@ def quantizable_nodes(model, cfg: Int8Config) -> list[str]:
 def quantize(fp32_path: str | Path, out_path: str | Path, loader: CapturedLoader, cfg: Int8Config = Int8Config()) -> Path:
     """Static QDQ quantisation of the graph at ``fp32_path``, calibrated on ``loader``."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +133,6 @@ class Int8Parity:
 
 def parity_plans(ok_images, cfg: Int8Config, seed: int, object_name: str = "texture", defect: str = "defect"):
     """Generation settings and plans of the parity runs (seed: not the calibration's)."""
-    from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-    from adabldm_ref.pipeline import ProceduralMasks, plan_sample
 
     res = ok_images[0].rgb.shape[0]
     gen = GenerationConfig(object_name=object_name, defect=defect, resolution=res, seed=seed,
@@ -134,8 +142,6 @@ def parity_plans(ok_images, cfg: Int8Config, seed: int, object_name: str = "text
 
 def int8_engines(bundle, int8_path: str | Path, threads: int | None = None) -> dict:
     """The bundle's ONNX Runtime engines with the INT8 UNet+ControlNet swapped in."""
-    from adabldm_engine.backends import OrtBackend
-    from adabldm_engine.runtime import bundle_engines
 
     require_folded(bundle)
     engines = bundle_engines(bundle, "onnxruntime", threads=threads)
@@ -145,7 +151,6 @@ def int8_engines(bundle, int8_path: str | Path, threads: int | None = None) -> d
 
 def parity(bundle, int8_path: str | Path, ok_images, cfg: Int8Config = Int8Config(), seed: int = 1) -> Int8Parity:
     """Run FP32 and INT8 engine pipelines on the same held-out plans and compare final images."""
-    from adabldm_engine.runtime import bundle_engines, engine_pipeline
 
     gen, plans = parity_plans(ok_images, cfg, seed)
     tokenizer, vae = bundle.tokenizer(), bundle.adapt_vae()  # shared: adaptation trains per-sample copies
@@ -170,7 +175,6 @@ def require_folded(bundle) -> None:
 
 def quantize_bundle(bundle, capture, cfg: Int8Config = Int8Config()) -> tuple[Path, dict]:
     """Quantise the bundle's unet_control into calibration/int8/ and judge it; returns (graph, record)."""
-    from .capture import FOLDER, ok_images_of
 
     require_folded(bundle)
     fp32 = bundle.manifest["networks"]["unet_control"]

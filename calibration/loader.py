@@ -12,8 +12,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-
 from adabldm_core.specs import NetworkSpec
+from adabldm_engine.backends import TorchBackend
+
+from adabldm_ref.networks import network_modules, network_specs, split_feeds
 
 from .capture import Capture, CaptureError, as_numpy
 
@@ -133,9 +135,6 @@ def captured_feeds(models, cap: Capture, resolution: int, limit: int | None, spl
     """Single-sample captured feeds per network (``limit`` each, spread over the run), as
     torch tensors; with ``split_controlnet`` also those of the split ControlNet and UNet
     graphs, derived from unet_control's by running the ControlNet."""
-    from adabldm_engine.backends import TorchBackend
-    from adabldm_ref.networks import network_modules, network_specs
-    from adabldm_ref.networks import split_feeds
 
     specs = network_specs(models, resolution)  # the captured (folded) networks
     feeds = {name: CapturedLoader(cap, name, specs[name], batch=1, limit=limit).torch_feeds() for name in cap.networks}

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
-
+from adabldm_core.io import read_versioned_json, write_json
 from adabldm_core.precision import FP16_MAX
 from adabldm_core.specs import NetworkSpec
+from torch import nn
 
 CANDIDATE_TYPES = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)  # layers with weights
 MAP_FILE = "precision.json"
@@ -384,7 +384,6 @@ def map_entry(result: NetworkPrecision, block_nodes: Sequence[str], onnxruntime:
 
 
 def write_precision_map(folder: str | Path, entries: Mapping[str, dict], cfg: PrecisionConfig, capture_sha256: str) -> Path:
-    from adabldm_core.io import write_json
 
     path = Path(folder) / MAP_FILE
     write_json(path, {"format_version": MAP_VERSION, "settings": dataclasses.asdict(cfg),
@@ -394,7 +393,6 @@ def write_precision_map(folder: str | Path, entries: Mapping[str, dict], cfg: Pr
 
 def read_precision_map(folder: str | Path) -> dict[str, dict]:
     """{network: entry} of ``folder``/precision.json; {} when the bundle has no map."""
-    from adabldm_core.io import read_versioned_json
 
     path = Path(folder) / MAP_FILE
     if not path.is_file():

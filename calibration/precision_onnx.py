@@ -14,6 +14,7 @@ from typing import Iterable, Mapping, Sequence
 
 from adabldm_core.precision import fp16_onnx
 from adabldm_core.specs import NetworkSpec
+from adabldm_engine.backends import OrtBackend
 
 from .precision_map import inside, json_number, rel_l2
 
@@ -80,7 +81,6 @@ def onnxruntime_fp16_errors(graph: str | Path, spec: NetworkSpec, feeds, block_n
     """Rel. L2 of ONNX Runtime (CPU) on the FP16 graph without and with the map, vs the FP32 graph."""
     import tempfile
 
-    from adabldm_engine.backends import OrtBackend
 
     def outputs(backend):
         with backend:

@@ -108,7 +108,7 @@ def finite_check(outputs: Iterable[torch.Tensor]) -> FiniteCheck:
 
 def probe_finite(backend, batch: int, device, vocab: int = 49408) -> FiniteCheck:
     """Run ``backend`` once on seeded inputs (seed 0) of ``batch`` samples; its FiniteCheck."""
-    import torch
+    import torch  # lazily, as the specs: the command lines import this module before parsing
 
     from .specs import active, random_inputs
 

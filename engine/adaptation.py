@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+from adabldm_core.precision import ADAPT_PRECISIONS, Precision
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.optim.adamw import adamw
 
-from adabldm_core.precision import ADAPT_PRECISIONS, Precision
 from adabldm_ref.adaptation import AdaptResult, adaptation_loss
 from adabldm_ref.config import AdaptConfig
 

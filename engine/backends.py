@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-
 from adabldm_core.specs import NetworkSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}

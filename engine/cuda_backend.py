@@ -11,13 +11,20 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-
-from adabldm_core.precision import FP32_FALLBACK, TORCH_CUDA_PRECISIONS, Precision, choose_precision, probe_finite
+from adabldm_core.precision import (
+    FP32_FALLBACK,
+    TORCH_CUDA_PRECISIONS,
+    Precision,
+    choose_precision,
+    probe_finite,
+)
 from adabldm_core.specs import NetworkSpec
-from adabldm_ref.networks import network_modules, network_specs
+
 from adabldm_ref.models import Models
+from adabldm_ref.networks import network_modules, network_specs
 
 from .backends import Backend, BackendError
+
 
 @dataclass(frozen=True)
 class TorchCudaConfig:

@@ -11,16 +11,19 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
+from adabldm_core.specs import NetworkSpec
 
-from adabldm_ref.networks import network_modules, network_specs
 from adabldm_ref.config import GenerationConfig
-from adabldm_ref.models import Models, make_scheduler, prompt_ids
+from adabldm_ref.models import TINY, Models, build_tiny, make_scheduler, prompt_ids
+from adabldm_ref.networks import network_modules, network_specs
 from adabldm_ref.pipeline import Pipeline, SchedulerStepper, cfg_contexts
 from adabldm_ref.sampler import ddim_schedule, guide, stepped_scheduler
 
 from .adaptation import BatchedAdapter, FastAdaptConfig
-from .backends import Backend, TorchBackend
+from .backends import BACKENDS, Backend, BackendError, OrtBackend, TorchBackend
+from .cuda_backend import TorchCudaConfig, torch_cuda_engines
 from .graphed import StaticStepper
+from .trt_backend import trt_engines
 
 
 class EngineCFG:
@@ -192,9 +195,7 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
     same modules in FP16 on a CUDA device (the built-in tiny model needs no ``models``);
     'onnxruntime' and 'tensorrt' run the bundle's graphs / engines.
     """
-    from adabldm_core.specs import NetworkSpec
 
-    from .backends import BACKENDS, BackendError, OrtBackend
 
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -207,7 +208,6 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
     if backend in ("torch-cuda", "torch-compile"):
         return _torch_cuda_bundle(bundle, backend, device, models)
     if backend == "tensorrt":
-        from .trt_backend import trt_engines
 
         engines: dict[str, Backend] = dict(trt_engines(bundle, device))
     else:
@@ -222,10 +222,7 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
 
 def _torch_cuda_bundle(bundle, backend: str, device: str, models: Models | None) -> dict[str, Backend]:
     """The bundle's model as TorchCudaBackends (FP16, channels-last; compiled for 'torch-compile')."""
-    from adabldm_ref.models import TINY, build_tiny
 
-    from .backends import BackendError
-    from .cuda_backend import TorchCudaConfig, torch_cuda_engines
 
     if torch.device(device).type != "cuda":
         raise BackendError(f"--backend {backend} runs on a CUDA device, not {device!r}; on the CPU use --backend torch")

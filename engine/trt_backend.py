@@ -17,9 +17,15 @@ from typing import Sequence
 
 import torch
 
-
 from .backends import DTYPES, Backend, BackendError
-from .trt_cache import EngineCache, EngineProfile, StaleEngineError, TrtUnavailableError, current_environment, trt_logger
+from .trt_cache import (
+    EngineCache,
+    EngineProfile,
+    StaleEngineError,
+    TrtUnavailableError,
+    current_environment,
+    trt_logger,
+)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,19 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-
+from adabldm_calibration.capture import (
+    FOLDER,
+    MIN_STEPS,
+    CaptureConfig,
+    capture,
+    save_capture,
+)
+from adabldm_calibration.loader import captured_feeds
 from adabldm_core.io import file_sha256, write_json
 from adabldm_core.precision import EXPORT_PRECISIONS, Precision
+from adabldm_engine.backends import OrtBackend, TorchBackend
 from adabldm_engine.bundle import DECODER_KEYS, FORMAT_VERSION, MANIFEST, BundleError
+
 from adabldm_ref.config import SchedulerConfig
 from adabldm_ref.models import Models
 from adabldm_ref.networks import network_modules, network_specs
@@ -78,7 +87,6 @@ def _files_of(graph: Path) -> list[Path]:
 
 def _export_one(name, spec, module, cfg: ExportConfig, feeds, reference) -> dict:
     """Export, optionally simplify, validate; return the network's manifest entry."""
-    from adabldm_engine.backends import OrtBackend
 
     path = cfg.out / "onnx" / f"{name}.onnx"
     export_onnx(spec, module, path, batch=max(cfg.batch_sizes), opset=cfg.opset, dynamo=cfg.dynamo)
@@ -119,7 +127,6 @@ def worst_rel_l2(report: dict[str, dict[str, float]]) -> float:
 
 def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Export every network of ``models`` into ``cfg.out``; raise if one fails validation."""
-    from adabldm_engine.backends import TorchBackend
 
     out = cfg.out
     if (out / MANIFEST).exists() and not cfg.force:
@@ -174,8 +181,6 @@ VALIDATION_FEEDS = 4  # captured single-sample feeds per network, spread over sa
 
 def _capture(models: Models, cfg: ExportConfig) -> dict[str, list[dict]]:
     """Capture real inputs into ``out/calibration``; the validation feeds come from its loader."""
-    from adabldm_calibration.capture import FOLDER, MIN_STEPS, CaptureConfig, capture, save_capture
-    from adabldm_calibration.loader import captured_feeds
 
     steps = max(cfg.capture_steps, MIN_STEPS)  # fewer steps would skip the pixel stage's inputs
     cap = capture(models, CaptureConfig(resolution=cfg.resolution, steps=steps, images=cfg.ok_images))

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-
 from adabldm_core.precision import PRECISIONS, choices
 
 
@@ -48,11 +47,12 @@ def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, d
     With --trt (on a GPU machine): ... --backend tensorrt.
     """
     from adabldm_core.io import list_images
+    from adabldm_engine.trt_cache import TrtBuildConfig
+
     from adabldm_ref.models import load_models
 
     from .bundle import MANIFEST, ExportConfig, export_bundle, worst_rel_l2
     from .trt_build import build_bundle_engines, require_tensorrt
-    from adabldm_engine.trt_cache import TrtBuildConfig
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:

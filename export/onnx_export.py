@@ -6,10 +6,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from adabldm_core.io import save_graph
 from adabldm_core.specs import NetworkSpec, random_inputs
-
 
 
 def export_onnx(

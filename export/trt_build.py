@@ -15,20 +15,29 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from adabldm_calibration.capture import FOLDER
+from adabldm_calibration.precision_map import fp16_block_lists
 from adabldm_core.io import write_bytes
-from adabldm_core.precision import PrecisionDecision, choose_precision, fp16_onnx, probe_finite
+from adabldm_core.precision import (
+    PrecisionDecision,
+    choose_precision,
+    fp16_onnx,
+    probe_finite,
+)
+from adabldm_engine.bundle import Bundle
+from adabldm_engine.trt_backend import EngineFile, TrtBackend
 from adabldm_engine.trt_cache import (
-    current_environment,
-    require_tensorrt,
-    trt_logger,
     BuildItem,
     EngineCache,
     EngineProfile,
     Environment,
     TrtBuildConfig,
+    current_environment,
     plan_builds,
     record_for,
+    require_tensorrt,
     stale_reasons,
+    trt_logger,
 )
 
 log = logging.getLogger("adabldm.export")
@@ -109,7 +118,6 @@ CHECK_VOCAB = 256  # token ids every tokenizer here has (the tiny one has 514, C
 
 def check_plan(plan: bytes, spec, profile: EngineProfile, device: str = "cuda"):
     """Run a plan once on seeded inputs at the profile's opt batch; its FiniteCheck."""
-    from adabldm_engine.trt_backend import EngineFile, TrtBackend
 
     backend = TrtBackend(spec, [EngineFile(Path(f"<new {spec.name} plan>"), profile, plan=plan)], device)
     try:
@@ -120,8 +128,6 @@ def check_plan(plan: bytes, spec, profile: EngineProfile, device: str = "cuda"):
 
 def precision_map_nodes(bundle_root: Path, names) -> dict[str, list[str]]:
     """ONNX nodes per network that the bundle's precision map keeps in FP32 ({} without one)."""
-    from adabldm_calibration.capture import FOLDER
-    from adabldm_calibration.precision_map import fp16_block_lists
 
     return fp16_block_lists(Path(bundle_root) / FOLDER, names)
 
@@ -153,7 +159,6 @@ def _build_one(bundle, item: BuildItem, cfg: TrtBuildConfig, env: Environment, c
 def build_bundle_engines(bundle_root: str | Path, cfg: TrtBuildConfig = TrtBuildConfig(),
                          progress: Callable[[str], None] = lambda s: None, device: str = "cuda") -> list[dict]:
     """Build (or find cached) every engine ``cfg`` asks for; their records, in order."""
-    from .bundle import Bundle
 
     env = current_environment(device)
     bundle = Bundle.open(bundle_root)

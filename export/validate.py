@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
-
 from adabldm_core.precision import Precision
 from adabldm_core.specs import NetworkSpec, active, random_inputs
 
