@@ -26,8 +26,8 @@ SECTIONS = (
     ("Sampler", ("seed", "steps", "guidance", "control_scale", "renoise")),
     ("Adaptation", ("adapt_iters", "adapt_lr", "adapt_precision", "preservation")),
     ("Model and runtime", ("model", "controlnet", "allow_pickle", "bundle", "backend", "batch_size", "device",
-                           "cuda_graphs")),
-    ("Output", ("batch_mode", "out", "num", "quiet", "help")),
+                           "cuda_graphs", "shard", "ray_address", "actors")),
+    ("Output", ("batch_mode", "out", "num", "check", "quiet", "help")),
 )
 
 
@@ -72,6 +72,14 @@ def _device_name(ctx, param, value: str) -> str:
     return value
 
 
+def _shard(ctx, param, value: str | None) -> tuple[int, int] | None:
+    """'K/N' -> (K, N), checked here (adabldm_engine.scaleout.Shard imports torch)."""
+    match = re.fullmatch(r"(\d+)/(\d+)", value) if value is not None else None
+    if value is not None and not (match and int(match[1]) < int(match[2])):
+        raise click.BadParameter(f"{value!r}: expected K/N with 0 <= K < N, e.g. 0/4 (shard 0 of 4)")
+    return (int(match[1]), int(match[2])) if match else None
+
+
 def _device(value: str) -> str:
     if value != "auto":
         return value
@@ -114,11 +122,15 @@ def _device(value: str) -> str:
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per diffusion batch (CFG runs 2x this); a resume keeps it.")
 @click.option("--device", default="auto", show_default=True, callback=_device_name, help="cpu, cuda, cuda:N or auto.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help="With --device cuda and --backend tensorrt, torch-cuda or torch-compile: replay each denoising step from one CUDA graph (not yet run on a GPU).")
+@click.option("--shard", callback=_shard, metavar="K/N", help="Make only shard K of N (whole --batch-size chunks, interleaved: chunk c is shard c mod N), into OUT shared by all N; a manifest per shard.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", help="Run on Ray Data (pip install adabldm[ray]): a Ray cluster's address, or none for RAY_ADDRESS / a local Ray.")
+@click.option("--actors", type=click.IntRange(min=1), help="With --ray: pipelines (actors) in the pool. [default: one per GPU with --device cuda, else per CPU]")
+@click.option("--check", is_flag=True, help="Only check OUT: name the missing and duplicated samples of 0..NUM-1 over every manifest (exit 1 if any).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(batch_mode, out, num, object_name, defect, images, foreground, foreground_mode, foreground_min_area,
          masks, procedural, seed, steps, guidance, control_scale, adapt_iters, adapt_lr, adapt_precision,
          preservation, resolution, renoise, keep_thin, rotate, scale_range, prompt_suffix, model, controlnet,
-         allow_pickle, bundle, backend, batch_size, device, cuda_graphs, quiet):
+         allow_pickle, bundle, backend, batch_size, device, cuda_graphs, shard, ray_address, actors, check, quiet):
     """Synthesise defect images with pixel-exact masks (AdaBLDM) in bulk.
 
     \b
@@ -134,6 +146,7 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     if not batch_mode:
         raise click.UsageError("choose a mode: --batch (bulk synthesis)")
+    _scale_out_usage(shard, ray_address, actors)
     from adabldm_ref.config import (
         AdaptConfig,
         GenerationConfig,
@@ -141,7 +154,7 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
         SamplerConfig,
     )
 
-    from .job import EXIT_ERROR, EXIT_INTERRUPTED, JobConfig, run_job
+    from .job import EXIT_ERROR, EXIT_INTERRUPTED, JobConfig
 
     try:  # what the option types cannot check alone (e.g. --backend onnxruntime without --bundle)
         gen = GenerationConfig(
@@ -162,8 +175,10 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if check:
+        sys.exit(_check(cfg))
     try:
-        report = run_job(cfg, progress=not quiet)
+        report = _run(cfg, shard, ray_address, actors, quiet)
     except KeyboardInterrupt:  # before the job loop started (loading); nothing to keep
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -190,6 +205,38 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
         click.echo(f"error: {report.error}", err=True)
     if report.exit_code:
         sys.exit(report.exit_code)
+
+
+def _scale_out_usage(shard, ray_address, actors) -> None:
+    if shard and ray_address is not None:
+        raise click.UsageError("--shard and --ray: choose one (Ray splits the work itself)")
+    if actors and ray_address is None:
+        raise click.UsageError(f"--actors {actors}: needs --ray")
+
+
+def _check(cfg) -> int:
+    from .job import EXIT_ERROR
+    from .scaleout import check_run
+
+    result = check_run(cfg.out, cfg.generation.defect, cfg.num)
+    click.echo(result.message(cfg.out, cfg.generation.defect), err=True)
+    return 0 if result.ok else EXIT_ERROR
+
+
+def _run(cfg, shard, ray_address, actors, quiet):
+    """The single-process job, one shard of it, or the job on Ray Data."""
+    if ray_address is None:
+        from .job import run_job
+        from .scaleout import Shard
+
+        return run_job(cfg, progress=not quiet, shard=Shard(*shard) if shard else None)
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("--ray: ray is not installed (pip install 'adabldm[ray]')")
+    from .scaleout import RayConfig, run_ray
+
+    return run_ray(cfg, RayConfig(address=ray_address or None, actors=actors), progress=not quiet)
 
 
 if __name__ == "__main__":

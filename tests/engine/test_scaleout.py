@@ -176,3 +176,59 @@ def test_killed_ray_job_rerun_loses_and_duplicates_nothing(local_ray, whole_run,
     report = scaleout.run_ray(config(out), RayConfig(actors=2), progress=False)
     assert (report.resumed, report.generated, report.exit_code) == (2, NUM - 2, EXIT_OK)
     assert_same_run(out, whole_run)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+
+
+def cli(*args):
+    from adabldm_engine.cli import main
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(main, ["--batch", *map(str, args)])
+
+
+def test_shards_and_check_from_the_command_line(whole_run, tmp_path, tiny_args):
+    out, common = tmp_path / "out", ["--out", tmp_path / "out", "--num", NUM, "--batch-size", BATCH, *tiny_args]
+    result = cli(*common, "--shard", "1/2")
+    assert result.exit_code == 0, result.output
+    assert "2/2 samples" in result.output
+    result = cli(*common, "--check")
+    assert result.exit_code == 1 and "3 missing: 0-1, 4" in result.output
+    assert cli(*common, "--shard", "0/2").exit_code == 0
+    result = cli(*common, "--check")
+    assert result.exit_code == 0 and "complete, each once" in result.output
+    assert_same_run(out, whole_run)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "2/2"], "expected K/N with 0 <= K < N"),
+    (["--shard", "one/two"], "expected K/N"),
+    (["--shard", "0/2", "--ray"], "--shard and --ray: choose one"),
+    (["--actors", "2"], "--actors 2: needs --ray"),
+])
+def test_scale_out_usage_errors_write_nothing(tmp_path, args, message):
+    result = cli("--out", tmp_path / "out", *args)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_missing_is_an_error_naming_the_extra(tmp_path, monkeypatch, tiny_args):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    result = cli("--out", tmp_path / "out", "--ray", "--num", 1, *tiny_args)
+    assert result.exit_code == 1 and "pip install 'adabldm[ray]'" in result.output
+
+
+def test_help_imports_neither_ray_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from adabldm_engine.cli import main\n"
+            "try: main(['--help'])\nexcept SystemExit: pass\n"
+            "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "--ray [ADDRESS]" in done.stdout and done.stderr.strip().endswith("False False")
