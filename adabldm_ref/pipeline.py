@@ -20,6 +20,8 @@ from .adaptation import AdaptResult, adapt_decoder
 from .config import LATENT_STRIDE, AdaptConfig, GenerationConfig
 from .masks import (
     Placement,
+    SizedToForeground,
+    component_sides,
     foreground_mask,
     latent_keep_mask,
     make_trimap,
@@ -142,6 +144,16 @@ class Sample:
         return self.plan.mask.astype(np.uint8) * 255
 
 
+def sized_to_foreground(masks: MaskSource, fg: np.ndarray, resolution: int) -> MaskSource:
+    """Procedural masks drawn at the size of one of the foreground's components (sized
+    for a texture, they fit nowhere on a small object); any other source as it is. On a
+    full foreground the source itself: the same draws as without sizing."""
+    if not isinstance(masks, ProceduralMasks):
+        return masks
+    sides, areas = component_sides(fg)
+    return masks if sides == (resolution,) else SizedToForeground(masks, sides, areas)
+
+
 def plan_sample(
     index: int, cfg: GenerationConfig, ok_images: Sequence[OkImage], masks: MaskSource
 ) -> SamplePlan:
@@ -155,7 +167,7 @@ def plan_sample(
     if fg is None:
         gray = np.asarray(Image.fromarray(ok.rgb).convert("L"))
         fg = foreground_mask(gray, cfg.masks.foreground)
-    mask_name, source_mask = masks.draw(rng, cfg.resolution)
+    mask_name, source_mask = sized_to_foreground(masks, fg, cfg.resolution).draw(rng, cfg.resolution)
     mask, placement = place_defect(source_mask, fg, cfg.masks, rng)
     trimap = make_trimap(fg, mask)
     m_keep = latent_keep_mask(trimap, LATENT_STRIDE, cfg.masks)

@@ -5,11 +5,11 @@ import pytest
 
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.pipeline import (
-    reference_pipeline,
     ProceduralMasks,
     RealMasks,
     plan_sample,
     prepare_ok_image,
+    reference_pipeline,
     sample_seed,
 )
 
@@ -80,3 +80,18 @@ def test_bad_image_shape_is_refused():
 def test_bad_resolution_is_refused():
     with pytest.raises(ValueError, match="resolution=100"):
         GenerationConfig(resolution=100)
+
+
+def test_plan_sample_sizes_procedural_masks_to_a_small_object():
+    """The Python API as the job: procedural masks on an object of 48x48 px in a 256 px
+    image fit inside it (sized for the whole image, most fit nowhere)."""
+    import numpy as np
+
+    from adabldm_ref.pipeline import OkImage
+
+    fg = np.zeros((256, 256), bool)
+    fg[100:148, 60:108] = True
+    ok = OkImage("object", np.full((256, 256, 3), 90, np.uint8), fg)
+    plans = [plan_sample(i, CFG, [ok], ProceduralMasks()) for i in range(6)]
+    for p in plans:
+        assert p.mask.any() and not (p.mask & ~fg).any()
