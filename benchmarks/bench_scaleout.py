@@ -57,7 +57,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_scaleout_"))
 
     def config(name: str, num: int) -> JobConfig:
-        return JobConfig(out=tmp / name, num=num, generation=gen, batch_size=args.batch_size, device="cpu")
+        return JobConfig(out=tmp / name, num=num, generation=gen, batch_size=args.batch_size, device="cpu", model="tiny")
 
     t0 = time.perf_counter()
     ray.init(num_cpus=args.actors, object_store_memory=80 * 1024**2, include_dashboard=False, log_to_driver=False)

@@ -18,6 +18,7 @@ never inside one, and any split makes the same bytes as one process.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -196,15 +197,16 @@ class RayConfig:
 
 
 def model_identity(cfg: JobConfig) -> str:
-    """The weights hash of the job's model, as make_pipeline computes it, without building
-    a pipeline (the driver only needs the run key)."""
+    """The weights hash of the job's model, as the actors' make_pipeline computes it (the
+    driver needs it for the run key): a bundle's from its manifest, else the models loaded
+    on the driver's CPU once."""
     if cfg.bundle is not None:
         from .bundle import Bundle
 
         return Bundle.open(cfg.bundle).identity
-    from adabldm_ref.models import load_models
-
-    return load_models(cfg.model, cfg.controlnet, cfg.allow_pickle).identity()
+    pipeline, identity = job.make_pipeline(dataclasses.replace(cfg, device="cpu"))  # the actors' model loading
+    pipeline.close()
+    return identity
 
 
 def run_ray(cfg: JobConfig, ray_cfg: RayConfig = RayConfig(), progress: bool = True) -> JobReport:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def whole_run(tmp_path_factory):
 
 
 def config(out: Path, num: int = NUM) -> job.JobConfig:
-    return job.JobConfig(out=Path(out), num=num, generation=tiny_generation(), batch_size=BATCH)
+    return job.JobConfig(out=Path(out), num=num, generation=tiny_generation(), batch_size=BATCH, model="tiny")
 
 
 def interrupt_after(monkeypatch, module, name: str, calls: int) -> None:
@@ -186,7 +187,7 @@ def cli(*args):
     from adabldm_engine.cli import main
     from click.testing import CliRunner
 
-    return CliRunner().invoke(main, ["--batch", *map(str, args)])
+    return CliRunner().invoke(main, ["--batch", "--model", "tiny", *map(str, args)])
 
 
 def test_shards_and_check_from_the_command_line(whole_run, tmp_path, tiny_args):
@@ -232,3 +233,46 @@ def test_help_imports_neither_ray_nor_torch():
             "print('ray' in sys.modules, 'torch' in sys.modules, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "--ray [ADDRESS]" in done.stdout and done.stderr.strip().endswith("False False")
+
+
+def test_a_killed_actor_is_replaced_and_its_chunk_made_again(local_ray, whole_run, tmp_path, monkeypatch):
+    marker = tmp_path / "died"
+
+    class DyingOnce(scaleout.SampleMaker):  # defined here: Ray ships it by value
+        def __call__(self, batch):
+            if not marker.exists():  # the first call of any actor: the process dies mid-chunk
+                marker.touch()
+                os._exit(1)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(scaleout, "SampleMaker", DyingOnce)
+    out = tmp_path / "out"
+    report = scaleout.run_ray(config(out), RayConfig(actors=2), progress=False)
+    assert marker.exists() and (report.generated, report.exit_code) == (NUM, EXIT_OK)
+    assert_same_run(out, whole_run)
+
+
+def test_a_killed_shard_process_and_its_rerun_lose_and_duplicate_nothing(whole_run, tmp_path, tiny_args):
+    """SIGKILL of `adabldm-run --shard 0/2` once its first sample is committed, then the rerun."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "adabldm_engine.cli", "--batch", "--out", str(out), "--num", str(NUM),
+            "--batch-size", str(BATCH), "--device", "cpu", "--model", "tiny", *tiny_args, "--shard", "0/2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as the reference run
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / Shard(0, 2).manifest_name
+    deadline = time.monotonic() + 120
+    while not (manifest.exists() and manifest.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    made = len(manifest.read_text().splitlines())
+    assert proc.returncode == -signal.SIGKILL and 1 <= made < 3  # killed part-way (chunk [4] still to make)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert subprocess.run(args[:-1] + ["1/2"], env=env, timeout=300).returncode == 0
+    assert_same_run(out, whole_run)
