@@ -194,8 +194,10 @@ class Adapter(Protocol):
         """Stage 4 for each row: z* (B, 4, h, w), x_fg / x_ok (B, 3, H, W), M (B, 1, H, W)."""
 
 
-def cfg_contexts(prompt_emb: torch.Tensor, empty_emb: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(2b, 77, d) UNet context (uncond rows first) and ControlNet context (the empty prompt's)."""
+def cfg_contexts(embeddings: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2b, 77, d) UNet context (uncond rows first) and ControlNet context (the empty prompt's)
+    from embeddings (2, 77, d), the prompt's then the empty prompt's."""
+    prompt_emb, empty_emb = embeddings.split(1)
     text_ctx = torch.cat([empty_emb.expand(b, -1, -1), prompt_emb.expand(b, -1, -1)])
     return text_ctx, empty_emb.expand(2 * b, -1, -1).contiguous()
 
@@ -213,8 +215,7 @@ class ModuleDenoiser:
     control_scale: float
 
     def eps_fn(self, hint: torch.Tensor) -> ControlNetCFG:
-        prompt_emb, empty_emb = self.embeddings.split(1)
-        text_ctx, control_ctx = cfg_contexts(prompt_emb, empty_emb, hint.shape[0])
+        text_ctx, control_ctx = cfg_contexts(self.embeddings, hint.shape[0])
         return ControlNetCFG(self.unet, self.controlnet, text_ctx, control_ctx, hint, self.guidance, self.control_scale)
 
 

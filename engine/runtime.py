@@ -129,8 +129,7 @@ class EngineDenoiser:
     control_scale: float
 
     def eps_fn(self, hint: torch.Tensor) -> EngineCFG:
-        prompt_emb, empty_emb = self.embeddings.split(1)
-        text_ctx, control_ctx = cfg_contexts(prompt_emb, empty_emb, hint.shape[0])
+        text_ctx, control_ctx = cfg_contexts(self.embeddings, hint.shape[0])
         return EngineCFG(self.net, text_ctx, control_ctx, hint, self.guidance, self.control_scale)
 
 

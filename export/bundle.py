@@ -1,14 +1,6 @@
-"""The bundle: what ``adabldm-export`` writes and ``adabldm-run --bundle`` reads.
-
-bundle/
-  manifest.json          identity, resolution, batch sizes, scheduler, networks, tools
-  onnx/<network>.onnx    (+ <network>.onnx.data for graphs over 2 GB)
-  vae_decoder.safetensors, vae_config.json   the decoder that adaptation fine-tunes
-  tokenizer/             the text tokenizer
-  validation.json        per-network agreement with the PyTorch modules
-  calibration/           inputs captured from reference runs (capture.json, captured.npz),
-                         later the FP16 precision map and INT8 graphs (adabldm-calibrate)
-The manifest is written last: a folder without one is an unfinished export.
+"""Writing the bundle that ``adabldm-run --bundle`` reads (its layout and reader:
+:mod:`adabldm_engine.bundle`). The manifest is written last: a folder without one is an
+unfinished export.
 """
 from __future__ import annotations
 
