@@ -222,6 +222,10 @@ def load_base(cfg: TrainConfig) -> Models:
     """The frozen SD-1.5 networks (or the built-in tiny ones) with the initial ControlNet."""
     if cfg.model in (None, TINY):
         models = build_tiny()
+    elif cfg.model == "demo":  # adabldm_ref.demo.DEMO
+        from .demo import load_demo_base
+
+        models = load_demo_base()
     else:
         models = load_pretrained(cfg.model, None)
     models.controlnet = initial_controlnet(models.unet, cfg)

@@ -69,7 +69,7 @@ folder = click.Path(file_okay=False, path_type=Path)
 @click.option("--foreground-mode", type=click.Choice(["full", "otsu"]), default="full", show_default=True, help="Without --foreground: whole image (textures) or Otsu + 5x5 close (objects).")
 @click.option("--shots", type=int, default=None, help="Real defects that train: the first K by name; the rest are held out and never read. [default: the first third]")
 @click.option("--resolution", default=256, show_default=True, help="Working resolution, a multiple of 64.")
-@click.option("--model", default=None, help="Local diffusers SD-1.5 directory. [default: built-in tiny model]")
+@click.option("--model", default=None, envvar="ADABLDM_MODEL", help="demo (the shipped demo base model), tiny (random, for tests) or a local diffusers SD-1.5 directory; env ADABLDM_MODEL. [default: demo]")
 @click.option("--init-controlnet", default=None, help="Start from this ControlNet (diffusers directory or .safetensors). [default: ControlNetModel.from_unet, zero convolutions]")
 @click.option("--steps", default=30_000, show_default=True, help="Optimiser steps (the authors: ~30k at batch 4). A larger value on an existing run continues it.")
 @click.option("--batch-size", default=4, show_default=True, help="Pairs per micro-batch.")
@@ -105,6 +105,7 @@ def main(quiet, scale_range, device, **options):
     try:
         from .train import TrainConfig, train
 
+        options["model"] = options["model"] or "demo"  # TrainConfig's None is the tiny model (library callers)
         cfg = TrainConfig(scale=scale_range, device=_device(device), **options)
         report = train(cfg, progress=not quiet)
     except KeyboardInterrupt:

@@ -114,7 +114,7 @@ def _device(value: str) -> str:
 @click.option("--rotate", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Random defect rotation up to this many degrees (paper: 360).")
 @click.option("--scale-range", default="1.0,1.0", show_default=True, callback=_scale_range, help="Random defect scale range LOW,HIGH (paper: 0.85,1.15).")
 @click.option("--prompt-suffix", default="", help="Appended to the prompt (authors: ', black background.').")
-@click.option("--model", help="Local diffusers SD-1.5 directory. [default: built-in tiny model]")
+@click.option("--model", default="demo", show_default=True, envvar="ADABLDM_MODEL", help="demo (the shipped demo model; its ControlNet: --controlnet crack|scratch|stain, else the one --defect names, else crack), tiny (random, for tests) or a local diffusers SD-1.5 directory; env ADABLDM_MODEL.")
 @click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle of exported networks (adabldm-export). [default: reference modules]")

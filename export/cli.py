@@ -21,7 +21,7 @@ def _batches(ctx, param, value: str) -> tuple[int, ...]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
-@click.option("--model", help="Local diffusers SD-1.5 directory. [default: built-in tiny model]")
+@click.option("--model", default="demo", show_default=True, envvar="ADABLDM_MODEL", help="demo (the shipped demo model; --controlnet crack|scratch|stain picks its ControlNet, default crack), tiny (random, for tests) or a local diffusers SD-1.5 directory; env ADABLDM_MODEL.")
 @click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--resolution", default=256, show_default=True, help="Working resolution (static in the graphs).")

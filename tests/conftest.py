@@ -9,6 +9,9 @@ import os
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning made
 # steps 5-25x slower. Read when torch first starts OpenMP, so set before importing it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The commands default to the shipped demo model; the suite runs them on the tiny one unless
+# a test passes --model (the demo tests do). Subprocesses inherit it.
+os.environ["ADABLDM_MODEL"] = "tiny"
 
 import importlib.util
 import sys
