@@ -320,10 +320,17 @@ def save_pretrained(models: Models, model_dir: str | Path, controlnet_dir: str |
 
 
 def load_models(
-    model: str | None = None, controlnet: str | None = None, allow_pickle: bool = False
+    model: str | None = None, controlnet: str | None = None, allow_pickle: bool = False,
+    defect: str | None = None,
 ) -> Models:
     """``None`` or ``"tiny"``: the built-in model, with its own ControlNet or ``controlnet``
-    (e.g. one that adabldm-train made for it); else local paths (both required)."""
+    (e.g. one that adabldm-train made for it); ``"demo"``: the shipped demo model with the
+    ControlNet ``controlnet`` (a demo defect name or a path), else the one of ``defect``
+    (adabldm_ref.demo.controlnet_choice); else local paths (both required)."""
+    if model == "demo":  # adabldm_ref.demo.DEMO
+        from .demo import load_demo
+
+        return load_demo(controlnet, defect, allow_pickle)
     if model in (None, TINY):
         models = build_tiny()
         if controlnet is not None:

@@ -595,7 +595,7 @@ def make_pipeline(cfg: JobConfig) -> tuple[Pipeline, str]:
     if bf16 and not on_gpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("--adapt-precision bf16 on a CPU without native bfloat16: emulated, likely slower than fp32")
     if cfg.bundle is None:
-        models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle)
+        models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle, defect=gen.defect)
         identity = models.identity()
         _to_device(models, device)
         adapter = BatchedAdapter(models.vae, gen.adapt, fast, models.latent_scale) if bf16 else None
@@ -603,7 +603,7 @@ def make_pipeline(cfg: JobConfig) -> tuple[Pipeline, str]:
     bundle = Bundle.open(cfg.bundle)
     bundle.check(resolution=gen.resolution)
     wants_modules = cfg.backend == "torch" or cfg.model is not None  # to run, or to check the bundle against
-    models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle) if wants_modules else None
+    models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle, defect=gen.defect) if wants_modules else None
     if cfg.backend == "torch":  # the other backends run the bundle's graphs or their own copies
         _to_device(models, device)
     engines = bundle_engines(bundle, cfg.backend, device, models)  # checks the models' identity
