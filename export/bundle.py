@@ -186,7 +186,7 @@ def _write_decoder(models: Models, out: Path) -> dict:
     sd = {k: v.contiguous() for k, v in models.vae.state_dict().items() if k.startswith(DECODER_KEYS)}
     path = out / "vae_decoder.safetensors"
     save_file(sd, str(path))
-    (out / "vae_config.json").write_text(json.dumps(dict(models.vae.config), indent=2, default=list))
+    (out / "vae_config.json").write_text(json.dumps(dict(models.vae.config), indent=2, default=lambda o: str(o) if isinstance(o, Path) else list(o)))
     return {
         "file": path.name,
         "config": "vae_config.json",
