@@ -15,8 +15,9 @@ from safetensors import safe_open
 from adabldm_ref.demo import DEFECTS, WEIGHTS, controlnet_choice, load_demo, record, verify
 from adabldm_ref.models import ModelLoadError, load_models
 
-# Thresholds from benchmarks/results/demo_cpu.md (README settings, 4 samples), with margin;
-# this test runs 1 sample per texture at the same settings.
+# Thresholds from benchmarks/results/demo_cpu.md (README settings; its first 2 samples, the
+# ones this test makes: 24.0 dB and 3.1x mean), with margin. Below the targets
+# (30 dB, 5x): the demo model misses them, and the test guards what it does reach.
 MIN_BG_PSNR_DB = 18.0
 MIN_STRENGTH = 2.0
 
