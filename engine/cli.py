@@ -114,7 +114,7 @@ def _device(value: str) -> str:
 @click.option("--rotate", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Random defect rotation up to this many degrees (paper: 360).")
 @click.option("--scale-range", default="1.0,1.0", show_default=True, callback=_scale_range, help="Random defect scale range LOW,HIGH (paper: 0.85,1.15).")
 @click.option("--prompt-suffix", default="", help="Appended to the prompt (authors: ', black background.').")
-@click.option("--model", default="demo", show_default=True, envvar="ADABLDM_MODEL", help="demo (the shipped demo model; its ControlNet: --controlnet crack|scratch|stain, else the one --defect names, else crack), tiny (random, for tests) or a local diffusers SD-1.5 directory; env ADABLDM_MODEL.")
+@click.option("--model", envvar="ADABLDM_MODEL", help="demo (the shipped demo model; its ControlNet: --controlnet crack|scratch|stain, else the one --defect names, else crack), tiny (random, for tests) or a local diffusers SD-1.5 directory; env ADABLDM_MODEL. [default: demo; with --bundle: none, the bundle runs as it is (given, it is checked against the bundle)]")
 @click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle of exported networks (adabldm-export). [default: reference modules]")
@@ -169,7 +169,8 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
         )
         cfg = JobConfig(
             out=out, num=num, generation=gen, images=images, foreground=foreground,
-            foreground_min_area=foreground_min_area, masks=masks, procedural=procedural, model=model,
+            foreground_min_area=foreground_min_area, masks=masks, procedural=procedural,
+            model=model if model is not None or bundle is not None else "demo",
             controlnet=controlnet, allow_pickle=allow_pickle, bundle=bundle, backend=backend,
             batch_size=batch_size, device=_device(device), cuda_graphs=cuda_graphs, adapt_precision=adapt_precision,
         )
