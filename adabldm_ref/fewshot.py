@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
-
 from adabldm_core.io import InputError, list_images, read_gray, read_image
+from PIL import Image
 
 from .masks import foreground_mask, resize_gray
 from .pairs import Background, Shot

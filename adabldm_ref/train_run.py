@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from adabldm_core.io import append_line, write_json, write_text
 
 log = logging.getLogger(__name__)

@@ -21,28 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm import tqdm
-
-from adabldm_core.precision import ADAPT_PRECISIONS, Precision
-from adabldm_ref.config import GenerationConfig
-from adabldm_ref.masks import FOREGROUND_MIN_AREA, PlacementError, SizedToForeground, component_sides, foreground_mask
-from adabldm_ref.models import load_models
-from adabldm_ref.pipeline import (
-    Pipeline,
-    MaskSource,
-    OkImage,
-    ProceduralMasks,
-    RealMasks,
-    Sample,
-    SamplePlan,
-    plan_sample,
-    prepare_ok_image,
-    reference_pipeline,
-)
-
-from adabldm_engine.bundle import Bundle
-
 from adabldm_core.contact import contact_sheet
 from adabldm_core.io import (
     InputError,
@@ -55,6 +33,33 @@ from adabldm_core.io import (
     write_png,
     write_text,
 )
+from adabldm_core.precision import ADAPT_PRECISIONS, Precision
+from adabldm_engine.bundle import Bundle
+from PIL import Image
+from tqdm import tqdm
+
+from adabldm_ref.config import GenerationConfig
+from adabldm_ref.masks import (
+    FOREGROUND_MIN_AREA,
+    PlacementError,
+    SizedToForeground,
+    component_sides,
+    foreground_mask,
+)
+from adabldm_ref.models import load_models
+from adabldm_ref.pipeline import (
+    MaskSource,
+    OkImage,
+    Pipeline,
+    ProceduralMasks,
+    RealMasks,
+    Sample,
+    SamplePlan,
+    plan_sample,
+    prepare_ok_image,
+    reference_pipeline,
+)
+
 from .adaptation import BatchedAdapter, FastAdaptConfig
 from .runtime import bundle_engines, engine_pipeline
 

@@ -6,9 +6,10 @@ import stat
 
 import numpy as np
 import pytest
+from adabldm_core import io
 from adabldm_core.io import (
-    InputError,
     LOCK_NAME,
+    InputError,
     append_line,
     folder_lock,
     list_images,
@@ -17,7 +18,6 @@ from adabldm_core.io import (
     write_png,
     write_text,
 )
-from adabldm_core import io
 from PIL import Image
 
 
@@ -278,7 +278,6 @@ def test_lock_of_a_killed_process_does_not_block(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     out = tmp_path / "out"
     code = ("import sys, time; from adabldm_core.io import folder_lock\n"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adabldm_engine.job import JobConfig, run_job
 from PIL import Image
 
-from adabldm_engine.job import JobConfig, run_job
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 
 # 64 px, 4 DDIM steps, 2 adaptation steps: well under a second per sample on a CPU.

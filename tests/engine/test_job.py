@@ -14,8 +14,6 @@ from adabldm_core.io import LOCK_NAME, InputError, folder_lock, read_gray, read_
 from adabldm_engine.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, run_job
 from PIL import Image
 
-from adabldm_ref.config import MaskConfig
-
 
 def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]

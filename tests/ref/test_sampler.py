@@ -12,8 +12,8 @@ from adabldm_ref.sampler import (
     ddim_schedule,
     renoise_index,
     sample_blended,
-    stepped_scheduler,
     stage_plan,
+    stepped_scheduler,
 )
 
 
