@@ -15,9 +15,10 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -545,8 +546,7 @@ def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequenc
     report.total = sum(len(chunk) for chunk in chunks)
     report.resumed = len(done & {i for chunk in chunks for i in chunk})
 
-    bar = tqdm(total=report.total, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
-    try:
+    with sample_progress(report, report.total, progress, lambda: write_contact_sheet(layout, cfg.contact_rows)) as bar:
         for chunk in chunks:
             todo = [i for i in chunk if i not in done]
             if not todo:
@@ -570,13 +570,22 @@ def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequenc
                 if sample.plan.placement.thin_resampled:
                     report.thin_resampled.append(sample.plan.index)
                 bar.update(1)
+    return report
+
+
+@contextmanager
+def sample_progress(report: JobReport, total: int, progress: bool, on_exit=lambda: None) -> Iterator[tqdm]:
+    """The progress bar of a job's samples; Ctrl-C inside marks ``report`` interrupted (what
+    is finished stays), and ``on_exit`` runs on every way out (e.g. the contact sheet)."""
+    bar = tqdm(total=total, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        yield bar
     except KeyboardInterrupt:
         report.interrupted = True
         log.warning("interrupted: finished samples are kept; rerun the same command to resume")
     finally:
         bar.close()
-        write_contact_sheet(layout, cfg.contact_rows)
-    return report
+        on_exit()
 
 
 def backend_name(cfg: JobConfig) -> str:

@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 from adabldm_core.io import InputError, append_line, folder_lock
-from tqdm import tqdm
 
 from . import job
 from .job import JobConfig, JobReport, Layout, chunks_of
@@ -251,20 +250,14 @@ def _run_on_ray(cfg: JobConfig, ray_cfg: RayConfig, run_key: str, work: list[dic
         compute=ray.data.ActorPoolStrategy(size=actors),
         **per_actor,
     )
-    bar = tqdm(total=cfg.num, initial=report.resumed, unit="sample", disable=not progress, dynamic_ncols=True)
-    bar.set_postfix_str(f"{actors} Ray actor(s)")
     seen: set[int] = set()
-    try:
+    with job.sample_progress(report, cfg.num, progress) as bar:
+        bar.set_postfix_str(f"{actors} Ray actor(s)")
         for row in ds.iter_rows():
             if int(row["index"]) not in seen:  # a chunk Ray ran again after a lost actor: once
                 seen.add(int(row["index"]))
                 _commit(layout, row, report)
                 bar.update(1)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        log.warning("interrupted: finished samples are kept; rerun the same command to resume")
-    finally:
-        bar.close()
 
 
 def _commit(layout: Layout, row: dict, report: JobReport) -> None:
