@@ -144,11 +144,11 @@ class Sample:
         return self.plan.mask.astype(np.uint8) * 255
 
 
-def sized_to_foreground(masks: MaskSource, fg: np.ndarray, resolution: int) -> MaskSource:
+def sized_to_foreground(masks: MaskSource, fg: np.ndarray | None, resolution: int) -> MaskSource:
     """Procedural masks drawn at the size of one of the foreground's components (sized
     for a texture, they fit nowhere on a small object); any other source as it is. On a
-    full foreground the source itself: the same draws as without sizing."""
-    if not isinstance(masks, ProceduralMasks):
+    full foreground (None: the whole image) the source itself: the same draws as without sizing."""
+    if not isinstance(masks, ProceduralMasks) or fg is None or fg.all():
         return masks
     sides, areas = component_sides(fg)
     return masks if sides == (resolution,) else SizedToForeground(masks, sides, areas)

@@ -43,8 +43,6 @@ from adabldm_ref.config import GenerationConfig
 from adabldm_ref.masks import (
     FOREGROUND_MIN_AREA,
     PlacementError,
-    SizedToForeground,
-    component_sides,
     foreground_mask,
 )
 from adabldm_ref.models import load_models
@@ -59,6 +57,7 @@ from adabldm_ref.pipeline import (
     plan_sample,
     prepare_ok_image,
     reference_pipeline,
+    sized_to_foreground,
 )
 
 from .adaptation import BatchedAdapter, FastAdaptConfig
@@ -257,13 +256,7 @@ def _with_foreground(ok: OkImage, cfg: JobConfig) -> OkImage:
 def mask_sources(images: Sequence[OkImage], masks: MaskSource, resolution: int) -> list[MaskSource]:
     """The mask source of each OK image: procedural masks drawn at the size of one of its
     foreground components (ProceduralMasks itself on a full foreground), real masks as given."""
-    if not isinstance(masks, ProceduralMasks):
-        return [masks] * len(images)
-    sources = []
-    for ok in images:
-        sides, areas = ((resolution,), ()) if ok.foreground is None else component_sides(ok.foreground)
-        sources.append(masks if sides == (resolution,) else SizedToForeground(masks, sides, areas))
-    return sources
+    return [sized_to_foreground(masks, ok.foreground, resolution) for ok in images]
 
 
 def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
