@@ -4,7 +4,12 @@ Three defect kinds that look different: a dark ``crack`` (a branching random-wal
 a bright ``scratch`` (a long, nearly straight thin line) and a brown ``stain`` (a soft-edged
 blob that tints the texture). The mask is exactly the painted pixels (0/255). Layout:
 ``ROOT/texture/train/good/NNN.png`` (OK crops), ``ROOT/texture/test/{defect}/NNN.png`` and
-``ROOT/texture/ground_truth/{defect}/NNN_mask.png`` -- what a user gives adabldm-train.
+``ROOT/texture/ground_truth/{defect}/NNN_mask.png`` -- what a user gives adabldm-train -- and
+``ROOT/texture/test/good/NNN.png``: held-out OK crops, the defect-free half of the test set
+of ``adabldm-eval downstream``. They are drawn after everything else, so the other files are
+the bytes the demo model was trained on.
+
+``python -m adabldm_ref.demo.defects --out ROOT`` writes the set (seconds).
 """
 from __future__ import annotations
 
@@ -86,11 +91,12 @@ MASKS = {"crack": crack_mask, "scratch": scratch_mask, "stain": stain_mask}
 
 
 def write_fewshot(root: Path, textures: dict[str, np.ndarray], shots: int = 12, goods: int = 4,
-                  size: int = 256, seed: int = 0) -> Path:
+                  size: int = 256, seed: int = 0, test_goods: int = 4) -> Path:
     """Write the demo set under ``root/texture``; returns that category folder.
 
     ``goods`` OK crops per texture; ``shots`` defect images per type, on crops of the
-    textures in turn. Deterministic in ``seed``.
+    textures in turn; ``test_goods`` held-out OK crops per texture (``test/good``, drawn
+    last from the same generator). Deterministic in ``seed``.
     """
     rng = np.random.default_rng(seed)
     cat = Path(root) / CATEGORY
@@ -107,4 +113,25 @@ def write_fewshot(root: Path, textures: dict[str, np.ndarray], shots: int = 12, 
             mask = MASKS[kind](rng, size)
             Image.fromarray(paint(kind, ok, mask, rng)).save(cat / "test" / kind / f"{i:03d}.png")
             Image.fromarray(mask.astype(np.uint8) * 255).save(cat / "ground_truth" / kind / f"{i:03d}_mask.png")
+    test_good = cat / "test" / "good"
+    test_good.mkdir(parents=True, exist_ok=True)
+    for i in range(test_goods * len(names)):
+        Image.fromarray(ok_crop(textures[names[i % len(names)]], rng, size)).save(test_good / f"{i:03d}.png")
     return cat
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from .base import texture_arrays
+
+    p = argparse.ArgumentParser(prog="python -m adabldm_ref.demo.defects",
+                                description="Write the demo few-shot set (MVTec AD layout) under OUT/texture.")
+    p.add_argument("--out", required=True, help="root folder; the category folder OUT/texture is written")
+    p.add_argument("--seed", type=int, default=0, help="0: the set the demo model was trained on")
+    args = p.parse_args(argv)
+    print(write_fewshot(Path(args.out), texture_arrays(), seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()

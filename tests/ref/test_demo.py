@@ -90,7 +90,8 @@ def test_the_regeneration_command_runs_each_stage(tmp_path):
     assert rec["figures"]["controlnets"]["crack"]["command"][0] == "adabldm-train"
     assert all(np.isfinite(v) for v in rec["figures"]["vae"]["val_psnr_db"].values())
     few = tmp_path / "work" / "fewshot" / "texture"
-    assert sorted(p.name for p in (few / "test").iterdir()) == sorted(DEFECTS)
+    assert sorted(p.name for p in (few / "test").iterdir()) == sorted([*DEFECTS, "good"])
+    assert len(list((few / "test" / "good").glob("*.png"))) == 12  # held-out OK crops (adabldm-eval)
     assert len(list((few / "ground_truth" / "crack").glob("*_mask.png"))) == len(list((few / "test" / "crack").glob("*.png")))
     models = load_models(str(out), str(out / "controlnets" / "crack"))
     assert models.unet.dtype == torch.float32  # stored fp16, loaded as float32
