@@ -106,6 +106,11 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
     _atomic(Path(path), lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    """Atomically write an array as .npy (no pickle)."""
+    _atomic(Path(path), lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     _atomic(Path(path), lambda f: f.write(data))
 

@@ -27,7 +27,7 @@ SECTIONS = (
     ("Adaptation", ("adapt_iters", "adapt_lr", "adapt_precision", "preservation")),
     ("Model and runtime", ("model", "controlnet", "allow_pickle", "bundle", "backend", "batch_size", "device",
                            "cuda_graphs", "shard", "ray_address", "actors")),
-    ("Output", ("batch_mode", "out", "num", "check", "quiet", "help")),
+    ("Output", ("batch_mode", "out", "num", "check", "dump_noise", "quiet", "help")),
 )
 
 
@@ -126,11 +126,13 @@ def _device(value: str) -> str:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", help="Run on Ray Data (pip install adabldm[ray]): a Ray cluster's address, or none for RAY_ADDRESS / a local Ray.")
 @click.option("--actors", type=click.IntRange(min=1), help="With --ray: pipelines (actors) in the pool. [default: one per GPU with --device cuda, else per CPU]")
 @click.option("--check", is_flag=True, help="Only check OUT: name the missing and duplicated samples of 0..NUM-1 over every manifest (exit 1 if any).")
+@click.option("--dump-noise", type=click.Path(file_okay=False, path_type=Path), help="Also write each sample's inputs and noise tape for adabldm-native into DUMP_NOISE/NNNN (ok, trimap, mask PNGs, embeddings.npy, noise.npy, sample.json).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(batch_mode, out, num, object_name, defect, images, foreground, foreground_mode, foreground_min_area,
          masks, procedural, seed, steps, guidance, control_scale, adapt_iters, adapt_lr, adapt_precision,
          preservation, resolution, renoise, keep_thin, rotate, scale_range, prompt_suffix, model, controlnet,
-         allow_pickle, bundle, backend, batch_size, device, cuda_graphs, shard, ray_address, actors, check, quiet):
+         allow_pickle, bundle, backend, batch_size, device, cuda_graphs, shard, ray_address, actors, check, dump_noise,
+         quiet):
     """Synthesise defect images with pixel-exact masks (AdaBLDM) in bulk.
 
     \b
@@ -147,6 +149,8 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
     if not batch_mode:
         raise click.UsageError("choose a mode: --batch (bulk synthesis)")
     _scale_out_usage(shard, ray_address, actors)
+    if dump_noise is not None and ray_address is not None:
+        raise click.UsageError("--dump-noise runs in the single-process job (or a --shard), not on --ray")
     from adabldm_ref.config import (
         AdaptConfig,
         GenerationConfig,
@@ -173,6 +177,7 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
             model=model if model is not None or bundle is not None else "demo",
             controlnet=controlnet, allow_pickle=allow_pickle, bundle=bundle, backend=backend,
             batch_size=batch_size, device=_device(device), cuda_graphs=cuda_graphs, adapt_precision=adapt_precision,
+            dump_noise=dump_noise,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

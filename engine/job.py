@@ -61,6 +61,7 @@ from adabldm_ref.pipeline import (
 )
 
 from .adaptation import BatchedAdapter, FastAdaptConfig
+from .native import write_native_inputs
 from .runtime import bundle_engines, engine_pipeline
 
 log = logging.getLogger("adabldm")
@@ -95,6 +96,9 @@ class JobConfig:
     # Online adaptation arithmetic: "fp32" (the reference) or "bf16" autocast (fp32 weights
     # and loss; measured 2.1x cheaper at SD-1.5 size on a CPU with native bf16, -0.05 dB).
     adapt_precision: Precision = Precision.FP32
+    # adabldm-run --dump-noise: each written sample's inputs and noise tape for the native
+    # runner in dump_noise/NNNN (engine/native.py); None: nothing dumped.
+    dump_noise: Path | None = None
 
     def __post_init__(self) -> None:
         if self.num < 1:
@@ -558,6 +562,9 @@ def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequenc
             )
             for sample in samples:
                 write_sample(layout, sample, run_key, settings, cfg.batch_size)
+                if cfg.dump_noise is not None:  # the written sample's inputs, for adabldm-native
+                    write_native_inputs(cfg.dump_noise / f"{sample.plan.index:04d}", sample.plan, gen,
+                                        pipeline.denoiser.embeddings, identity)
                 report.generated += 1
                 report.quality.append(sample.quality)
                 if sample.plan.placement.thin_resampled:

@@ -1,0 +1,196 @@
+"""The native runner (adabldm-native) against the Python runtime on the same bundle and noise.
+
+The runner is found at $ADABLDM_NATIVE or build/native/adabldm-native (build it with
+``cmake -S . -B build/native && cmake --build build/native``); without it, or built without
+a network backend, these tests skip, unless ADABLDM_NATIVE_REQUIRED=1 (CI) makes that a
+failure. The noise-tape tests need no runner.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from adabldm_core.metrics import psnr
+from adabldm_engine.bundle import Bundle
+from adabldm_engine.cli import main as run_main
+from adabldm_engine.native import FILES, noise_draws, noise_tape, write_native_inputs
+from adabldm_engine.runtime import bundle_engines, engine_pipeline
+from adabldm_ref import sampler as sampler_module
+from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
+from adabldm_ref.pipeline import ProceduralMasks, plan_sample, reference_pipeline, to_uint8
+from click.testing import CliRunner
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 10  # stage windows 5..9 and 9..: every stage and both blends run
+
+
+def _runner() -> Path | None:
+    path = Path(os.environ.get("ADABLDM_NATIVE", ROOT / "build" / "native" / "adabldm-native"))
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def _unavailable(reason: str):
+    if os.environ.get("ADABLDM_NATIVE_REQUIRED") == "1":
+        pytest.fail(f"ADABLDM_NATIVE_REQUIRED=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    path = _runner()
+    if path is None:
+        _unavailable("adabldm-native is not built: cmake -S . -B build/native && cmake --build build/native"
+                     " (or set ADABLDM_NATIVE to the program)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
+    if "backends: none" in version:
+        _unavailable(f"{path} was built without a network backend ({version.strip()}): pip install"
+                     " 'adabldm[native]' and configure again (README, native runner)")
+    return path
+
+
+def run_native(native: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(native), "--quiet", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def gen_config(resolution: int, **sampler) -> GenerationConfig:
+    return GenerationConfig(resolution=resolution, seed=11, sampler=SamplerConfig(steps=STEPS, **sampler),
+                            adapt=AdaptConfig(iters=0))
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# ---------------------------------------------------------------------------------------
+# The tape: what the sampler draws, in its order (no runner needed)
+
+
+@pytest.mark.parametrize("renoise", ["next", "current"])
+def test_noise_tape_is_every_draw_of_the_sampler_in_order(tiny, small_textures, monkeypatch, renoise):
+    gen = gen_config(64, renoise=renoise)
+    plan = plan_sample(0, gen, small_textures, ProceduralMasks())
+    drawn = []
+    real = sampler_module.NoiseSource.randn
+
+    def recording(self, *shape):
+        out = real(self, *shape)
+        drawn.append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(sampler_module.NoiseSource, "randn", recording)
+    with torch.no_grad():
+        reference_pipeline(tiny, gen).diffuse([plan])
+    tape = noise_tape(plan.seed, (4, 8, 8), noise_draws(gen.sampler))
+    assert len(drawn) == noise_draws(gen.sampler) == (8 if renoise == "next" else 9)
+    np.testing.assert_array_equal(np.stack([d.numpy() for d in drawn]), tape)
+
+
+def test_noise_draws_counts_each_stage():
+    assert noise_draws(SamplerConfig()) == 2 + 20 + 5 + 4  # z_T, z_OK; latent steps 26..45; pixel 45..49
+    assert noise_draws(SamplerConfig(renoise="current")) == 2 + 20 + 5 + 5
+    assert noise_draws(SamplerConfig(blend=False)) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Parity with the Python runtime over ONNX Runtime
+
+
+@pytest.fixture(scope="module")
+def python_run(bundle_dir, textures, tmp_path_factory):
+    """One sample through the Python runtime (onnxruntime) and its dumped native inputs."""
+    bundle = Bundle.open(bundle_dir)
+    gen = gen_config(bundle.resolution)
+    plan = plan_sample(0, gen, textures, ProceduralMasks())
+    engines = bundle_engines(bundle, "onnxruntime")
+    with engine_pipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], gen) as p:
+        folder = write_native_inputs(tmp_path_factory.mktemp("native") / "0000", plan, gen, p.denoiser.embeddings,
+                                     bundle.identity)
+        z, _, _ = p.diffuse([plan])
+        blended = to_uint8(p.codec.decode(z))
+    return {"folder": folder, "z": z.numpy(), "blended": blended, "plan": plan}
+
+
+@pytest.mark.slow
+def test_native_matches_the_python_runtime(native, bundle_dir, python_run, tmp_path):
+    assert sorted(p.name for p in python_run["folder"].iterdir()) == sorted(FILES)
+    result = run_native(native, "--bundle", bundle_dir, "--sample", python_run["folder"], "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    z = np.load(tmp_path / "latent.npy")
+    assert z.shape == python_run["z"].shape
+    assert rel_l2(z, python_run["z"]) < 1e-4
+    blended = np.asarray(Image.open(tmp_path / "blended.png"))
+    assert psnr(blended, python_run["blended"]) >= 40.0
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["noise"] == "tape" and record["noise_draws"] == noise_draws(SamplerConfig(steps=STEPS))
+
+
+@pytest.mark.slow
+def test_native_own_noise_is_seeded(native, bundle_dir, python_run, tmp_path):
+    outs = []
+    for k, seed in enumerate((5, 5, 6)):
+        out = tmp_path / str(k)
+        result = run_native(native, "--bundle", bundle_dir, "--sample", python_run["folder"], "--seed", seed,
+                            "--out", out)
+        assert result.returncode == 0, result.stderr
+        outs.append(np.load(out / "latent.npy"))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert rel_l2(outs[2], outs[0]) > 0.05 and rel_l2(outs[0], python_run["z"]) > 0.05
+
+
+@pytest.mark.slow
+def test_dump_noise_of_adabldm_run_feeds_the_native_runner(native, bundle_dir, tmp_path):
+    """The CLI end to end: the job's pre-adaptation blend equals the runner's on its dump."""
+    dump, out = tmp_path / "dump", tmp_path / "out"
+    args = ["--batch", "--num", "1", "--steps", STEPS, "--adapt-iters", "0", "--quiet", "--bundle", bundle_dir,
+            "--backend", "onnxruntime", "--out", out, "--dump-noise", dump]
+    result = CliRunner().invoke(run_main, list(map(str, args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (dump / "0000").iterdir()) == sorted(FILES)
+    meta = json.loads((dump / "0000" / "sample.json").read_text())
+    assert meta["identity"] == Bundle.open(bundle_dir).identity and meta["sampler"]["steps"] == STEPS
+    ran = run_native(native, "--bundle", bundle_dir, "--sample", dump / "0000", "--out", tmp_path / "native")
+    assert ran.returncode == 0, ran.stderr
+    (job_blend,) = out.rglob("0000_blended.png")
+    assert psnr(np.asarray(Image.open(tmp_path / "native" / "blended.png")), np.asarray(Image.open(job_blend))) >= 40.0
+
+
+# ---------------------------------------------------------------------------------------
+# Refusals: clear errors, usage 2, runtime 1
+
+
+def test_native_usage_errors_exit_2(native, tmp_path):
+    for args, words in ((["--out", tmp_path], "--bundle DIR is required"), (["--frobnicate"], "unknown option"),
+                        (["--bundle", tmp_path, "--out", tmp_path, "--renoise", "later"], "expected next or current")):
+        result = run_native(native, *args)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+def test_native_refuses_a_tape_of_other_settings(native, bundle_dir, python_run, tmp_path):
+    result = run_native(native, "--bundle", bundle_dir, "--sample", python_run["folder"], "--steps", STEPS + 2,
+                        "--out", tmp_path)
+    assert result.returncode == 1
+    assert f"has {noise_draws(SamplerConfig(steps=STEPS))} draws" in result.stderr, result.stderr
+    assert not (tmp_path / "latent.npy").exists()
+
+
+def test_native_refuses_another_models_sample_and_wrong_sizes(native, bundle_dir, python_run, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in FILES:
+        (other / name).write_bytes((python_run["folder"] / name).read_bytes())
+    meta = json.loads((other / "sample.json").read_text())
+    (other / "sample.json").write_text(json.dumps({**meta, "identity": "0123456789abcdef"}))
+    result = run_native(native, "--bundle", bundle_dir, "--sample", other, "--out", tmp_path / "o1")
+    assert result.returncode == 1 and "model 0123456789abcdef" in result.stderr, result.stderr
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "small.png")
+    result = run_native(native, "--bundle", bundle_dir, "--sample", python_run["folder"], "--ok",
+                        tmp_path / "small.png", "--out", tmp_path / "o2")
+    assert result.returncode == 1 and "OK image 64x64 does not match" in result.stderr, result.stderr
+    result = run_native(native, "--bundle", tmp_path, "--sample", python_run["folder"], "--out", tmp_path / "o3")
+    assert result.returncode == 1 and "no manifest.json" in result.stderr, result.stderr
