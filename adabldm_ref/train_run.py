@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from adabldm_core.io import append_line, write_json, write_text
+from adabldm_core.io import InputError, append_line, read_versioned_json, write_json, write_text
+
+from .fewshot import Split
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,22 @@ class LossLog:
         self.last = values[-1]
         self.pending.clear()
 
+
+
+def read_split(root: str | Path) -> tuple[Split, dict]:
+    """The few-shot split a run directory recorded (train.json) and that record; an
+    InputError names the file and what is wrong."""
+    run = RunDir(Path(root))
+    if not run.record.is_file():
+        raise InputError(f"{run.root}: no train.json (expected an adabldm-train --out folder)")
+    record = read_versioned_json(run.record, FORMAT_VERSION, "training record", "train it again with adabldm-train",
+                                 InputError)
+    try:
+        s = record["split"]
+        split = Split(tuple(s["train"]), tuple(s["held_out"]), str(s["rule"]))
+    except (KeyError, TypeError):
+        raise InputError(f"{run.record} records no few-shot split (train, held_out, rule)") from None
+    return split, record
 
 
 def write_record(run: RunDir, record: dict, step: int, steps: int, loss, status: str, history=()) -> None:
