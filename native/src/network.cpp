@@ -67,7 +67,7 @@ std::unique_ptr<Network> make_network(const Manifest& m, const std::string& name
   if (opts.backend == "onnxruntime") return make_ort_network(m, name, opts);
 #endif
 #ifdef ADABLDM_WITH_OPENVINO
-  if (opts.backend == "openvino") return make_openvino_network(m, name, opts);
+  if (opts.backend == "openvino") return make_openvino_network(m, name, opts, batch);
 #endif
 #ifdef ADABLDM_WITH_TENSORRT
   if (opts.backend == "tensorrt") return make_trt_network(m, name, opts, batch);

@@ -10,14 +10,24 @@ namespace {
 
 class OpenVinoNetwork : public Network {
  public:
-  OpenVinoNetwork(const Manifest& m, const std::string& name, const BackendOptions& opts)
+  OpenVinoNetwork(const Manifest& m, const std::string& name, const BackendOptions& opts, int batch)
       : Network(m.networks.at(name).spec) {
     const std::string path = m.path_of(name);
     try {
       ov::AnyMap config{ov::hint::inference_precision(ov::element::f32),
                         ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};
       if (opts.threads > 0) config.emplace(ov::inference_num_threads.name(), opts.threads);
-      compiled_ = core().compile_model(core().read_model(path), "CPU", config);
+      auto model = core().read_model(path);
+      if (batch > 0) {  // static shapes (symbolic batch dims bound): faster CPU kernels
+        std::map<std::string, ov::PartialShape> shapes;
+        for (const TensorSpec& t : spec().inputs) {
+          std::vector<ov::Dimension> dims;
+          for (const Dim& d : t.shape) dims.emplace_back(d.symbol.empty() ? d.size : batch);
+          shapes.emplace(t.name, ov::PartialShape(dims));
+        }
+        model->reshape(shapes);
+      }
+      compiled_ = core().compile_model(model, "CPU", config);
       request_ = compiled_.create_infer_request();
     } catch (const std::exception& e) {
       throw Error("OpenVINO cannot load " + path + ": " + e.what());
@@ -57,8 +67,8 @@ class OpenVinoNetwork : public Network {
 }  // namespace
 
 std::unique_ptr<Network> make_openvino_network(const Manifest& m, const std::string& name,
-                                               const BackendOptions& opts) {
-  return std::make_unique<OpenVinoNetwork>(m, name, opts);
+                                               const BackendOptions& opts, int batch) {
+  return std::make_unique<OpenVinoNetwork>(m, name, opts, batch);
 }
 
 }  // namespace adabldm

@@ -51,8 +51,9 @@ std::unique_ptr<Network> make_network(const Manifest& m, const std::string& name
 
 // The implementations (each compiled only where its headers were found).
 std::unique_ptr<Network> make_ort_network(const Manifest& m, const std::string& name, const BackendOptions& opts);
+// batch: the leading size every symbolic dim ("B", "B2") is fixed to (0: shapes stay dynamic).
 std::unique_ptr<Network> make_openvino_network(const Manifest& m, const std::string& name,
-                                               const BackendOptions& opts);
+                                               const BackendOptions& opts, int batch);
 std::unique_ptr<Network> make_trt_network(const Manifest& m, const std::string& name, const BackendOptions& opts,
                                           int batch);
 
