@@ -13,6 +13,13 @@ from pathlib import Path
 
 import click
 
+from .gate import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MIN_BG_PSNR,
+    DEFAULT_MIN_DEFECT_STRENGTH,
+    MAX_ATTEMPTS_LIMIT,
+)
+
 KINDS = ("blob", "scratch", "crack")  # adabldm_ref.procedural.KINDS
 ADAPT_PRECISIONS = ("fp32", "bf16")  # adabldm_core.precision.choices(ADAPT_PRECISIONS); that module imports torch
 BACKENDS = ("torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt")  # adabldm_engine.backends
@@ -27,7 +34,8 @@ SECTIONS = (
     ("Adaptation", ("adapt_iters", "adapt_lr", "adapt_precision", "preservation")),
     ("Model and runtime", ("model", "controlnet", "allow_pickle", "bundle", "backend", "batch_size", "device",
                            "cuda_graphs", "shard", "ray_address", "actors")),
-    ("Output", ("batch_mode", "out", "num", "check", "dump_noise", "quiet", "help")),
+    ("Quality gate", ("gate", "min_bg_psnr", "min_defect_strength", "max_leakage", "max_seam", "max_attempts")),
+    ("Output", ("batch_mode", "out", "category", "num", "check", "dump_noise", "quiet", "help")),
 )
 
 
@@ -90,7 +98,8 @@ def _device(value: str) -> str:
 
 @click.command(cls=SectionedCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--batch", "batch_mode", is_flag=True, help="Bulk synthesis job (the only mode so far).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output category folder (MVTec AD layout); one run at a time.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run root: OUT/CATEGORY in the MVTec AD layout (anomalib root=OUT), the rest beside it; one run at a time.")
+@click.option("--category", help="Category folder in OUT (anomalib's category). [default: the --object name, non-alphanumerics as '_']")
 @click.option("--num", default=8, show_default=True, type=click.IntRange(min=1), help="Number of samples (a larger --num on an existing --out adds more).")
 @click.option("--object", "object_name", default="texture", show_default=True, help="Object name in the prompt 'a {object} with a {defect}'.")
 @click.option("--defect", default="defect", show_default=True, help="Defect type: prompt word and output sub-folder.")
@@ -126,20 +135,28 @@ def _device(value: str) -> str:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]", help="Run on Ray Data (pip install adabldm[ray]): a Ray cluster's address, or none for RAY_ADDRESS / a local Ray.")
 @click.option("--actors", type=click.IntRange(min=1), help="With --ray: pipelines (actors) in the pool. [default: one per GPU with --device cuda, else per CPU]")
 @click.option("--check", is_flag=True, help="Only check OUT: name the missing and duplicated samples of 0..NUM-1 over every manifest (exit 1 if any).")
+@click.option("--gate", is_flag=True, help="Make a sample again (next derived seed) while its figures fail the thresholds below.")
+@click.option("--min-bg-psnr", default=DEFAULT_MIN_BG_PSNR, show_default=True, type=float, help="Gate: background PSNR (dB) outside the mask against the source, at least.")
+@click.option("--min-defect-strength", default=DEFAULT_MIN_DEFECT_STRENGTH, show_default=True, type=float, help="Gate: mean change inside the mask / outside, at least.")
+@click.option("--max-leakage", type=float, help="Gate: mean change (gray levels) farther than 8 px from the mask, at most. [default: not checked]")
+@click.option("--max-seam", type=float, help="Gate: RMS gradient of the change on the mask's border band, at most. [default: not checked]")
+@click.option("--max-attempts", default=DEFAULT_MAX_ATTEMPTS, show_default=True, type=click.IntRange(1, MAX_ATTEMPTS_LIMIT), help="Gate: attempts per sample in all; one never passing keeps its last, flagged in the manifest.")
 @click.option("--dump-noise", type=click.Path(file_okay=False, path_type=Path), help="Also write each sample's inputs and noise tape for adabldm-native into DUMP_NOISE/NNNN (ok, trimap, mask PNGs, embeddings.npy, noise.npy, sample.json).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(batch_mode, out, num, object_name, defect, images, foreground, foreground_mode, foreground_min_area,
+@click.pass_context
+def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreground, foreground_mode, foreground_min_area,
          masks, procedural, seed, steps, guidance, control_scale, adapt_iters, adapt_lr, adapt_precision,
          preservation, resolution, renoise, keep_thin, rotate, scale_range, prompt_suffix, model, controlnet,
-         allow_pickle, bundle, backend, batch_size, device, cuda_graphs, shard, ray_address, actors, check, dump_noise,
-         quiet):
+         allow_pickle, bundle, backend, batch_size, device, cuda_graphs, shard, ray_address, actors, check, gate,
+         min_bg_psnr, min_defect_strength, max_leakage, max_seam, max_attempts, dump_noise, quiet):
     """Synthesise defect images with pixel-exact masks (AdaBLDM) in bulk.
 
     \b
-    Outputs (OUT is the category folder):
-      OUT/test/DEFECT/NNNN.png               synthetic defect images
-      OUT/ground_truth/DEFECT/NNNN_mask.png  binary masks (0/255)
-      OUT/extra/DEFECT/                      source, trimap, pre-adaptation blend
+    Outputs (OUT is the run root, CATEGORY the --category; anomalib: root=OUT, category=CATEGORY):
+      OUT/CATEGORY/train/good/NNN.png                 the OK images used, resized
+      OUT/CATEGORY/test/DEFECT/NNNN.png               synthetic defect images
+      OUT/CATEGORY/ground_truth/DEFECT/NNNN_mask.png  binary masks (0/255)
+      OUT/extra/DEFECT/                               source, trimap, pre-adaptation blend
       OUT/manifest.jsonl, OUT/runs/DEFECT.json, OUT/contact_sheet_DEFECT.png
     Rerunning the same command resumes an interrupted run.
     Exit codes: 0 all done; 1 error (also: no sample could be made, or another run holds
@@ -151,6 +168,7 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
     _scale_out_usage(shard, ray_address, actors)
     if dump_noise is not None and ray_address is not None:
         raise click.UsageError("--dump-noise runs in the single-process job (or a --shard), not on --ray")
+    _gate_usage(ctx, gate)
     from adabldm_ref.config import (
         AdaptConfig,
         GenerationConfig,
@@ -158,6 +176,7 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
         SamplerConfig,
     )
 
+    from .gate import GateConfig
     from .job import EXIT_ERROR, EXIT_INTERRUPTED, JobConfig
 
     try:  # what the option types cannot check alone (e.g. --backend onnxruntime without --bundle)
@@ -177,7 +196,9 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
             model=model if model is not None or bundle is not None else "demo",
             controlnet=controlnet, allow_pickle=allow_pickle, bundle=bundle, backend=backend,
             batch_size=batch_size, device=_device(device), cuda_graphs=cuda_graphs, adapt_precision=adapt_precision,
-            dump_noise=dump_noise,
+            category=category, dump_noise=dump_noise,
+            gate=GateConfig(min_bg_psnr=min_bg_psnr, min_defect_strength=min_defect_strength, max_leakage=max_leakage,
+                            max_seam=max_seam, max_attempts=max_attempts) if gate else None,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -200,6 +221,10 @@ def main(batch_mode, out, num, object_name, defect, images, foreground, foregrou
            " pixel they touch (placement.thin_resampled)" if report.thin_resampled else ""),
         err=True,
     )
+    if cfg.gate is not None:
+        click.echo(f"gate: {len(report.regenerated)} sample(s) made again {sorted(report.regenerated)};"
+                   f" {len(report.gate_failed)} kept without passing (gate.passed false in the manifest)"
+                   + (f": {sorted(report.gate_failed)}" if report.gate_failed else ""), err=True)
     measured = len(report.finite_quality("bg_psnr_after"))
     if measured:
         before, after = report.mean_quality("bg_psnr_before"), report.mean_quality("bg_psnr_after")
@@ -220,11 +245,21 @@ def _scale_out_usage(shard, ray_address, actors) -> None:
         raise click.UsageError(f"--actors {actors}: needs --ray")
 
 
+GATE_OPTIONS = ("min_bg_psnr", "min_defect_strength", "max_leakage", "max_seam", "max_attempts")
+
+
+def _gate_usage(ctx: click.Context, gate: bool) -> None:
+    """A gate threshold given without --gate would silently do nothing: refused."""
+    given = [n for n in GATE_OPTIONS if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE]
+    if given and not gate:
+        raise click.UsageError(f"--{given[0].replace('_', '-')}: a gate threshold; needs --gate")
+
+
 def _check(cfg) -> int:
     from .job import EXIT_ERROR
     from .scaleout import check_run
 
-    result = check_run(cfg.out, cfg.generation.defect, cfg.num)
+    result = check_run(cfg.out, cfg.category, cfg.generation.defect, cfg.num)
     click.echo(result.message(cfg.out, cfg.generation.defect), err=True)
     return 0 if result.ok else EXIT_ERROR
 

@@ -1,12 +1,17 @@
 """The bulk job: inputs -> samples in the MVTec AD layout, resumable, one manifest line each.
 
-Layout under ``out`` (``out`` is the category folder):
-  test/{defect}/NNNN.png              adapted synthetic defect image
-  ground_truth/{defect}/NNNN_mask.png binary defect mask (0 / 255)
+Layout under ``out`` (the run root; anomalib's ``root``, one category per run root):
+  {category}/train/good/NNN.png                  the OK images used, at the run resolution
+  {category}/test/{defect}/NNNN.png              adapted synthetic defect image
+  {category}/ground_truth/{defect}/NNNN_mask.png binary defect mask (0 / 255)
   extra/{defect}/NNNN_{source,blended,trimap}.png
-  manifest.jsonl (all defect types), runs/{defect}.json, contact_sheet_{defect}.png
+  manifest.jsonl (all defect types), runs/{defect}.json, contact_sheet_{defect}.png, the lock
+Only anomalib's MVTec tree is inside the category folder (its readers take every PNG there
+as split/label/file); everything else is beside it. The category is ``--category``, by
+default the ``--object`` name as a folder name (:func:`category_name`).
 Samples are computed in fixed chunks of ``batch_size`` consecutive indices, so a resumed
-run computes every remaining sample exactly as an uninterrupted run would.
+run computes every remaining sample exactly as an uninterrupted run would. With a gate
+(engine/gate.py), a sample failing it is made again alone from derived seeds.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from adabldm_core.io import (
     write_png,
     write_text,
 )
+from adabldm_core.metrics import sample_quality
 from adabldm_core.precision import ADAPT_PRECISIONS, Precision
 from adabldm_engine.bundle import Bundle
 from PIL import Image
@@ -61,6 +68,7 @@ from adabldm_ref.pipeline import (
 )
 
 from .adaptation import BatchedAdapter, FastAdaptConfig
+from .gate import GateConfig, attempt_base_seed
 from .native import write_native_inputs
 from .runtime import bundle_engines, engine_pipeline
 
@@ -68,6 +76,27 @@ log = logging.getLogger("adabldm")
 FORMAT_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 3, 130
 DEFAULT_TEXTURES = ("brick", "gravel")  # shipped with scikit-image
+SIDE_FOLDERS = ("extra", "runs")  # beside the category folder in the run root: no category's name
+
+
+def category_name(object_name: str) -> str:
+    """The category folder of an ``--object`` name: runs of characters other than letters,
+    digits, '-', '_' and '.' become '_' ('metal nut' -> 'metal_nut', MVTec's name)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", object_name.strip()).strip("_.")
+    if not name:
+        raise ValueError(f"--object {object_name!r}: no letters or digits to name the category folder;"
+                         " give --category NAME")
+    return name
+
+
+def check_category(category: str) -> str:
+    """``category`` if it is a folder name anomalib can take as a category, else ValueError."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", category) or category in SIDE_FOLDERS:
+        raise ValueError(
+            f"--category {category!r}: expected a folder name of letters, digits, '-', '_', '.'"
+            f" (starting with a letter or digit), not {' or '.join(SIDE_FOLDERS)}"
+        )
+    return category
 
 
 @dataclass(frozen=True)
@@ -96,11 +125,17 @@ class JobConfig:
     # Online adaptation arithmetic: "fp32" (the reference) or "bf16" autocast (fp32 weights
     # and loss; measured 2.1x cheaper at SD-1.5 size on a CPU with native bf16, -0.05 dB).
     adapt_precision: Precision = Precision.FP32
+    # The category folder in ``out`` (anomalib's ``category``); None: the object name's.
+    category: str | None = None
+    # The quality gate (adabldm-run --gate): None, off (the bytes of the job without it).
+    gate: GateConfig | None = None
     # adabldm-run --dump-noise: each written sample's inputs and noise tape for the native
     # runner in dump_noise/NNNN (engine/native.py); None: nothing dumped.
     dump_noise: Path | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "category",
+                           check_category(self.category or category_name(self.generation.object_name)))
         if self.num < 1:
             raise ValueError(f"--num {self.num}: expected at least 1 sample")
         if self.batch_size < 1:
@@ -128,6 +163,15 @@ class JobReport:
     interrupted: bool = False
     quality: list[dict[str, float]] = field(default_factory=list)  # of the samples made now
     thin_resampled: list[int] = field(default_factory=list)  # defects resampled to stay >= 1 px wide
+    regenerated: list[int] = field(default_factory=list)  # samples the gate made more than once
+    gate_failed: list[int] = field(default_factory=list)  # samples kept although no attempt passed
+
+    def count_gate(self, index: int, gate: dict | None) -> None:
+        """Count a sample's gate record (the manifest's ``gate``) in the report."""
+        if gate and len(gate["attempts"]) > 1:
+            self.regenerated.append(index)
+        if gate and not gate["passed"]:
+            self.gate_failed.append(index)
 
     def finite_quality(self, key: str) -> list[float]:
         """The finite values of ``key`` (a PSNR is nan where a mask leaves no background)."""
@@ -160,17 +204,34 @@ class JobReport:
 
 @dataclass(frozen=True)
 class Layout:
-    out: Path
+    out: Path  # the run root
+    category: str  # the category folder in it: anomalib's MVTec tree, nothing else
     defect: str
     # The manifest this process appends to: one writer per file (a shard has its own,
     # engine/scaleout.py); all of them are read, merged, to know what is finished.
     manifest_name: str = "manifest.jsonl"
 
+    @classmethod
+    def of(cls, cfg: JobConfig, manifest_name: str = "manifest.jsonl") -> Layout:
+        return cls(cfg.out, cfg.category, cfg.generation.defect, manifest_name)
+
+    @property
+    def category_dir(self) -> Path:
+        return self.out / self.category
+
     def image(self, i: int) -> Path:
-        return self.out / "test" / self.defect / f"{i:04d}.png"
+        return self.category_dir / "test" / self.defect / f"{i:04d}.png"
 
     def mask(self, i: int) -> Path:
-        return self.out / "ground_truth" / self.defect / f"{i:04d}_mask.png"
+        return self.category_dir / "ground_truth" / self.defect / f"{i:04d}_mask.png"
+
+    def train_image(self, k: int) -> Path:
+        """OK image ``k`` of the run (anomalib's normal training images)."""
+        return self.train_dir / f"{k:03d}.png"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.category_dir / "train" / "good"
 
     def extra(self, i: int, kind: str) -> Path:
         return self.out / "extra" / self.defect / f"{i:04d}_{kind}.png"
@@ -183,10 +244,18 @@ class Layout:
         """Every manifest in ``out``: manifest.jsonl and the shards' manifest.shard-K-of-N.jsonl."""
         return sorted(self.out.glob("manifest*.jsonl"))
 
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the run root (as the manifest names files)."""
+        return str(path.relative_to(self.out))
+
     @property
     def run_record(self) -> Path:
         """One record per defect type: a category folder holds several (MVTec layout)."""
         return self.out / "runs" / f"{self.defect}.json"
+
+    def run_records(self) -> list[Path]:
+        """The run records of every defect type in ``out``."""
+        return sorted((self.out / "runs").glob("*.json"))
 
     @property
     def sheet(self) -> Path:
@@ -328,8 +397,8 @@ def _differences(old, new, prefix: str = "") -> list[str]:
 def _refusal(layout: Layout, old: dict, record: dict) -> InputError:
     """The other run in ``layout`` named by what differs, with both values."""
     diff = _differences(old.get("settings", {}), record["settings"])
-    diff += _differences({k: old.get(k) for k in ("backend", "model_identity")},
-                         {k: record[k] for k in ("backend", "model_identity")})
+    diff += _differences({k: old.get(k) for k in ("backend", "model_identity", "gate")},
+                         {k: record.get(k) for k in ("backend", "model_identity", "gate")})
     if old.get("inputs") != record["inputs"]:
         diff.append(f"inputs: {', '.join(old.get('inputs') or [])} there, {', '.join(record['inputs'])} now")
     elif old.get("inputs_digest") != record["inputs_digest"]:
@@ -343,14 +412,17 @@ def _refusal(layout: Layout, old: dict, record: dict) -> InputError:
     )
 
 
-def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
+def open_run(layout: Layout, record: dict, batch_size: int, images: Sequence[OkImage]) -> set[int]:
     """Check the folder belongs to this run and return the indices already finished.
 
     A folder of another run is refused, and so is another ``batch_size`` than its finished
-    samples were made with (the bytes depend on it); manifest lines whose files are
+    samples were made with (the bytes depend on it), another category than the run root
+    holds, and other OK images than its ``train/good``; manifest lines whose files are
     missing, and a torn last line, are dropped (those samples are made again), and so are
-    duplicate lines (one kept). Nothing is written before the checks pass.
+    duplicate lines (one kept). Nothing is written before the checks pass; then the OK
+    images ``images`` are written to ``train/good`` (where missing).
     """
+    _check_category(layout)
     if layout.run_record.exists():
         old = _read_record(layout.run_record)
         if old.get("run_key") != record["run_key"]:
@@ -367,9 +439,12 @@ def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
             f" {layout.out} were made with {made}, and the images depend on it: rerun with {made} to resume,"
             " or choose another --out"
         )
+    missing = _check_train_good(layout, images)  # after the run's own refusals: they say more
     if not layout.run_record.exists():
         layout.out.mkdir(parents=True, exist_ok=True)
         write_json(layout.run_record, record)
+    for k in missing:
+        write_png(layout.train_image(k), images[k].rgb)
     if incomplete:
         log.warning("manifest: dropped %d unreadable or incomplete line(s); those samples are made again", incomplete)
     if duplicate:
@@ -378,6 +453,37 @@ def open_run(layout: Layout, record: dict, batch_size: int) -> set[int]:
         kept = others + [own.entries[i] for i in sorted(own.entries)]
         write_text(layout.manifest, "".join(line + "\n" for line in kept))
     return set(entries)
+
+
+def _check_category(layout: Layout) -> None:
+    """Refuse a run root that holds another category (its run records name it)."""
+    for path in layout.run_records():
+        other = _read_record(path).get("category", layout.category)
+        if other != layout.category:
+            raise InputError(
+                f"{layout.out} holds category {other!r} ({path}), not {layout.category!r}: one category per --out;"
+                f" choose another --out, or --category {other} to add to it"
+            )
+
+
+def _check_train_good(layout: Layout, images: Sequence[OkImage]) -> list[int]:
+    """The indices of ``images`` not yet in ``train/good``; InputError if the folder holds
+    other images (a category has one set of OK images, whatever the defect type)."""
+    present = {p.name for p in layout.train_dir.glob("*.png")} if layout.train_dir.is_dir() else set()
+    wanted = {layout.train_image(k).name for k in range(len(images))}
+    extra = sorted(present - wanted)
+    if extra:
+        raise InputError(f"{layout.train_dir} holds {len(extra)} OK image(s) more than this run's {len(images)}"
+                         f" ({extra[0]}, ...): the category was made from other OK images; choose another --out")
+    missing = []
+    for k, ok in enumerate(images):
+        path = layout.train_image(k)
+        if path.name not in present:
+            missing.append(k)
+        elif not np.array_equal(_load_png(path), ok.rgb):
+            raise InputError(f"{path} is not OK image {ok.name} of this run (at {ok.rgb.shape[1]} px): the category"
+                             " was made from other OK images or another --resolution; choose another --out")
+    return missing
 
 
 @dataclass
@@ -417,13 +523,17 @@ def _read_manifest(path: Path, layout: Layout, run_key: str) -> _ManifestRead:
 # Outputs
 
 
-def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int) -> None:
+def write_sample(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int,
+                 gate: dict | None = None) -> None:
     """Write one sample's files, then its manifest line (the commit point)."""
-    append_line(layout.manifest, write_sample_files(layout, sample, run_key, settings, batch_size))
+    append_line(layout.manifest, write_sample_files(layout, sample, run_key, settings, batch_size, gate))
 
 
-def write_sample_files(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int) -> str:
-    """Write one sample's files (each atomically); return its manifest line, not yet written."""
+def write_sample_files(layout: Layout, sample: Sample, run_key: str, settings: dict, batch_size: int,
+                       gate: dict | None = None) -> str:
+    """Write one sample's files (each atomically); return its manifest line, not yet written.
+
+    ``gate``: the gate's record of the sample's attempts (:func:`gated`), None without one."""
     t0 = time.perf_counter()
     p, i = sample.plan, sample.plan.index
     write_png(layout.mask(i), sample.mask_uint8)
@@ -433,10 +543,12 @@ def write_sample_files(layout: Layout, sample: Sample, run_key: str, settings: d
     write_png(layout.image(i), sample.image)
     timings = {**sample.timings, "write_s": time.perf_counter() - t0}
     entry = {
+        "category": layout.category,
         "defect": layout.defect,
         "index": i,
-        "image": str(layout.image(i).relative_to(layout.out)),
-        "mask": str(layout.mask(i).relative_to(layout.out)),
+        "image": layout.relative(layout.image(i)),
+        "mask": layout.relative(layout.mask(i)),
+        "extra": {kind: layout.relative(layout.extra(i, kind)) for kind in ("source", "trimap", "blended")},
         "seed": p.seed,
         "source": p.source,
         "mask_source": p.mask_source,
@@ -446,9 +558,24 @@ def write_sample_files(layout: Layout, sample: Sample, run_key: str, settings: d
         "run_key": run_key,
         "settings": settings,
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "quality": {k: _finite(v) for k, v in sample.quality.items()},
+        "quality": rounded(sample.quality),
     }
+    if gate is not None:
+        entry["gate"] = gate
     return json.dumps(entry, sort_keys=True, allow_nan=False)
+
+
+def rounded(quality: dict[str, float]) -> dict[str, float | None]:
+    """A sample's figures as the manifest keeps them (strict JSON)."""
+    return {k: _finite(v) for k, v in quality.items()}
+
+
+def with_quality(sample: Sample) -> Sample:
+    """``sample`` with adabldm_core.metrics.sample_quality's figures added to its quality
+    (beside the pipeline's bg_psnr_before / bg_psnr_after / adapt_loss_*)."""
+    p = sample.plan
+    sample.quality.update(sample_quality(p.rgb, sample.image, p.mask).as_dict())
+    return sample
 
 
 def _finite(value: float) -> float | None:
@@ -524,8 +651,12 @@ def run_record(cfg: JobConfig, identity: str, images: Sequence[OkImage], masks: 
         "bundle": str(cfg.bundle) if cfg.bundle else None,
         "inputs_digest": inputs_digest(images, masks, sources),
         "inputs": [ok.name for ok in images],
+        "category": cfg.category,
+        "gate": cfg.gate.to_dict() if cfg.gate else None,
     }
     key_src = ":".join(record[k] for k in ("settings_hash", "model_identity", "backend", "inputs_digest"))
+    if cfg.gate:  # a gated run has other bytes where a sample was made again; off: the key as before
+        key_src += ":gate:" + json.dumps(record["gate"], sort_keys=True)
     record["run_key"] = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     return record
 
@@ -537,8 +668,8 @@ def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequenc
     sources = mask_sources(images, masks, gen.resolution)
     record = run_record(cfg, identity, images, masks, sources)
     run_key = record["run_key"]
-    layout = Layout(cfg.out, gen.defect, shard.manifest_name if shard else "manifest.jsonl")
-    done = open_run(layout, record, cfg.batch_size)
+    layout = Layout.of(cfg, shard.manifest_name if shard else "manifest.jsonl")
+    done = open_run(layout, record, cfg.batch_size, images)
     chunks = shard.chunks(cfg.num, cfg.batch_size) if shard else chunks_of(cfg.num, cfg.batch_size)
     report.total = sum(len(chunk) for chunk in chunks)
     report.resumed = len(done & {i for chunk in chunks for i in chunk})
@@ -561,16 +692,57 @@ def _generate(cfg: JobConfig, pipeline: Pipeline, identity: str, images: Sequenc
                 callback=lambda s: bar.set_postfix_str(f"diffusion step {s + 1}/{steps}"),
             )
             for sample in samples:
-                write_sample(layout, sample, run_key, settings, cfg.batch_size)
-                if cfg.dump_noise is not None:  # the written sample's inputs, for adabldm-native
+                sample, gate = gated(cfg, pipeline, with_quality(sample), images, sources, bar.set_postfix_str)
+                write_sample(layout, sample, run_key, settings, cfg.batch_size, gate)
+                if cfg.dump_noise is not None:  # the kept attempt's inputs, for adabldm-native
                     write_native_inputs(cfg.dump_noise / f"{sample.plan.index:04d}", sample.plan, gen,
                                         pipeline.denoiser.embeddings, identity)
+                report.count_gate(sample.plan.index, gate)
                 report.generated += 1
                 report.quality.append(sample.quality)
                 if sample.plan.placement.thin_resampled:
                     report.thin_resampled.append(sample.plan.index)
                 bar.update(1)
     return report
+
+
+def gated(cfg: JobConfig, pipeline: Pipeline, first: Sample, images: Sequence[OkImage],
+          sources: Sequence[MaskSource], note=lambda text: None) -> tuple[Sample, dict | None]:
+    """The sample to keep and the gate's record of its attempts (None without a gate).
+
+    ``first`` (with its figures, :func:`with_quality`) is attempt 0. While an attempt fails
+    ``cfg.gate``, attempt a (1, 2, ...) is made alone (a batch of one) as sample i of a run
+    seeded ``attempt_base_seed(seed, i, a)``: a new mask draw and new noise, depending on
+    (seed, i, a) only. The first passing attempt is kept, else the last one made, flagged
+    (``passed`` false). ``note`` gets a progress text."""
+    gate = cfg.gate
+    if gate is None:
+        return first, None
+    i, gen = first.plan.index, cfg.generation
+    kept, kept_at, failed = first, 0, gate.failures(first.quality)
+    attempts = [_attempt(0, first, failed)]
+    for a in range(1, gate.max_attempts):
+        if not failed:
+            break
+        note(f"gate: sample {i:04d} attempt {a + 1}/{gate.max_attempts} ({failed[0]})")
+        try:
+            plan = plan_sample(i, dataclasses.replace(gen, seed=attempt_base_seed(gen.seed, i, a)), images,
+                               sources[i % len(sources)])
+        except PlacementError as exc:
+            attempts.append({"attempt": a, "error": str(exc)})
+            continue
+        (sample,) = pipeline.run([plan])
+        kept, kept_at, failed = with_quality(sample), a, gate.failures(sample.quality)
+        attempts.append(_attempt(a, kept, failed))
+    if failed:
+        log.warning("sample %04d: no attempt of %d passed the gate (%s); the last one kept, flagged",
+                    i, gate.max_attempts, "; ".join(failed))
+    return kept, {"passed": not failed, "kept": kept_at, "attempts": attempts}
+
+
+def _attempt(a: int, sample: Sample, failed: list[str]) -> dict:
+    return {"attempt": a, "seed": sample.plan.seed, "mask_source": sample.plan.mask_source,
+            "quality": rounded(sample.quality), "failed": failed}
 
 
 @contextmanager

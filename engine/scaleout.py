@@ -102,11 +102,11 @@ class RunCheck:
         return f"{out}, defect {defect!r}, samples 0..{self.num - 1}: " + "; ".join(parts)
 
 
-def check_run(out: Path, defect: str, num: int) -> RunCheck:
+def check_run(out: Path, category: str, defect: str, num: int) -> RunCheck:
     """Merge every manifest of ``out`` and name the missing and duplicated indices of 0..num-1.
 
     A line counts when it parses, is of ``defect`` and its image and mask are on disk."""
-    layout, lines = Layout(Path(out), defect), Counter()
+    layout, lines = Layout(Path(out), category, defect), Counter()
     for path in layout.manifests():
         for line in path.read_text().splitlines():
             try:
@@ -162,7 +162,7 @@ class SampleMaker:
             self.pipeline.close()
             raise InputError(f"a Ray worker's run key is {self.run_key}, the driver's {run_key}: the worker reads"
                              " other inputs or model weights (give every node the same files)")
-        self.layout = Layout(cfg.out, gen.defect)
+        self.layout = Layout.of(cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows: dict[str, list] = {"index": [], "line": [], "error": []}
@@ -177,7 +177,9 @@ class SampleMaker:
             if not wanted:
                 continue
             for sample in self.pipeline.run(plans, finish=lambda p: p.index in wanted):
-                line = job.write_sample_files(self.layout, sample, self.run_key, self.settings, self.cfg.batch_size)
+                sample, gate = job.gated(self.cfg, self.pipeline, job.with_quality(sample), self.images, self.sources)
+                line = job.write_sample_files(self.layout, sample, self.run_key, self.settings, self.cfg.batch_size,
+                                              gate)
                 rows["index"].append(sample.plan.index), rows["line"].append(line), rows["error"].append("")
         return {"index": np.array(rows["index"], dtype=np.int64), "line": np.array(rows["line"], dtype=object),
                 "error": np.array(rows["error"], dtype=object)}
@@ -217,8 +219,8 @@ def run_ray(cfg: JobConfig, ray_cfg: RayConfig = RayConfig(), progress: bool = T
         masks = job.load_mask_source(cfg, report.skipped_inputs)
         sources = job.mask_sources(images, masks, cfg.generation.resolution)
         record = job.run_record(cfg, model_identity(cfg), images, masks, sources)
-        layout = Layout(cfg.out, cfg.generation.defect)
-        done = job.open_run(layout, record, cfg.batch_size)
+        layout = Layout.of(cfg)
+        done = job.open_run(layout, record, cfg.batch_size, images)
         report.resumed = len(done & set(range(cfg.num)))
         work = [{"start": c.start, "stop": c.stop, "todo": ",".join(str(i) for i in c if i not in done)}
                 for c in chunks_of(cfg.num, cfg.batch_size)]
@@ -271,5 +273,6 @@ def _commit(layout: Layout, row: dict, report: JobReport) -> None:
     entry = json.loads(row["line"])
     report.generated += 1
     report.quality.append(entry["quality"])
+    report.count_gate(i, entry.get("gate"))
     if entry["placement"].get("thin_resampled"):
         report.thin_resampled.append(i)

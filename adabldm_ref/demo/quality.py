@@ -6,12 +6,12 @@ stands out; the issue's target is >= 5).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from adabldm_core.metrics import masked_psnr
+from PIL import Image
 
 
 def sample_figures(image: np.ndarray, source: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -23,15 +23,22 @@ def sample_figures(image: np.ndarray, source: np.ndarray, mask: np.ndarray) -> d
 
 
 def run_figures(out: Path, defect: str) -> dict:
-    """Per-sample figures and their means for an adabldm-run output folder (MVTec layout)."""
+    """Per-sample figures and their means for an adabldm-run output folder (the run root),
+    its samples found by their manifest lines (image, mask and source paths)."""
     out = Path(out)
+    entries = {}
+    for manifest in sorted(out.glob("manifest*.jsonl")):
+        for line in manifest.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("defect") == defect:
+                entries[entry["index"]] = entry
     rows = []
-    for path in sorted((out / "test" / defect).glob("*.png")):
-        image = np.asarray(Image.open(path).convert("RGB"))
-        source = np.asarray(Image.open(out / "extra" / defect / f"{path.stem}_source.png").convert("RGB"))
-        mask = np.asarray(Image.open(out / "ground_truth" / defect / f"{path.stem}_mask.png")) >= 128
-        rows.append({"sample": path.stem, **sample_figures(image, source, mask)})
+    for i, entry in sorted(entries.items()):
+        image = np.asarray(Image.open(out / entry["image"]).convert("RGB"))
+        source = np.asarray(Image.open(out / entry["extra"]["source"]).convert("RGB"))
+        mask = np.asarray(Image.open(out / entry["mask"])) >= 128
+        rows.append({"sample": f"{i:04d}", **sample_figures(image, source, mask)})
     if not rows:
-        raise ValueError(f"no samples in {out / 'test' / defect}")
+        raise ValueError(f"no samples of {defect!r} in the manifests of {out}")
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bg_psnr", "strength", "change_inside", "change_outside")}
     return {"samples": rows, "mean": mean}

@@ -51,7 +51,7 @@ def job_config():
     """``job_config(out, num=3, steps=4, batch_size=1, images=..., ...)`` -> JobConfig."""
 
     def make(out: Path, num: int = NUM, batch_size: int = 1, **kw) -> JobConfig:
-        job_keys = {"images", "foreground", "masks", "procedural", "contact_rows"}
+        job_keys = {"images", "foreground", "masks", "procedural", "contact_rows", "category", "gate"}
         job_kw = {k: kw.pop(k) for k in list(kw) if k in job_keys}
         return JobConfig(out=Path(out), num=num, generation=tiny_generation(**kw), batch_size=batch_size, **job_kw)
 
@@ -85,14 +85,18 @@ def make_image():
     return make
 
 
+CATEGORY = "texture"  # the category folder of the default --object
+
+
 def _sample_files(out: Path) -> dict[str, bytes]:
-    files = sorted((out / "test").rglob("*.png")) + sorted((out / "ground_truth").rglob("*.png"))
+    cat = out / CATEGORY
+    files = sorted((cat / "test").rglob("*.png")) + sorted((cat / "ground_truth").rglob("*.png"))
     return {str(p.relative_to(out)): p.read_bytes() for p in files}
 
 
 @pytest.fixture
 def sample_files():
-    """``sample_files(out)``: relative path -> bytes of every test image and mask in ``out``."""
+    """``sample_files(out)``: relative path -> bytes of every test image and mask in run root ``out``."""
     return _sample_files
 
 

@@ -47,7 +47,7 @@ def test_batch_without_out_is_a_usage_error(run_cli):
 def test_help_lists_the_options_in_sections(run_cli):
     text = run_cli("--help").output
     titles = [title for title, _ in SECTIONS]
-    assert titles == ["Inputs", "Masks", "Sampler", "Adaptation", "Model and runtime", "Output"]
+    assert titles == ["Inputs", "Masks", "Sampler", "Adaptation", "Model and runtime", "Quality gate", "Output"]
     positions = [text.index(f"\n{title}:\n") for title in titles]
     assert positions == sorted(positions)
     ctx = click.Context(main)
@@ -163,8 +163,8 @@ def test_tiny_batch_run(run_cli, tmp_path, tiny_args):
     result = run_cli("--batch", "--out", out, "--num", 2, "--defect", "scratch", *tiny_args)
     assert result.exit_code == 0, result.output
     assert "2/2 samples" in result.output and "(2 new, 0 resumed)" in result.output
-    assert sorted(p.name for p in (out / "test" / "scratch").iterdir()) == ["0000.png", "0001.png"]
-    assert len(list((out / "ground_truth" / "scratch").glob("*_mask.png"))) == 2
+    assert sorted(p.name for p in (out / "texture" / "test" / "scratch").iterdir()) == ["0000.png", "0001.png"]
+    assert len(list((out / "texture" / "ground_truth" / "scratch").glob("*_mask.png"))) == 2
     entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [e["settings"]["defect"] for e in entries] == ["scratch", "scratch"]
 
@@ -209,7 +209,7 @@ def test_bf16_adaptation_is_a_run_of_its_own_close_to_fp32(run_cli, tmp_path, ti
     result = run_cli("--batch", "--out", bf16, "--num", 1, *tiny_args, "--adapt-precision", "bf16")
     assert result.exit_code == 0, result.output
     assert json.loads((bf16 / "runs" / "defect.json").read_text())["backend"] == "reference+adapt-bf16"
-    a, b = (np.asarray(Image.open(d / "test" / "defect" / "0000.png"), dtype=np.float64) for d in (fp32, bf16))
+    a, b = (np.asarray(Image.open(d / "texture" / "test" / "defect" / "0000.png"), dtype=np.float64) for d in (fp32, bf16))
     psnr = 10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12))
     assert 30.0 < psnr < 200.0  # bf16 changes the last bits of the adapted image, not the image
     blended = [(d / "extra" / "defect" / "0000_blended.png").read_bytes() for d in (fp32, bf16)]

@@ -14,6 +14,8 @@ from adabldm_core.io import LOCK_NAME, InputError, folder_lock, read_gray, read_
 from adabldm_engine.job import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, run_job
 from PIL import Image
 
+from .conftest import CATEGORY
+
 
 def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -48,11 +50,11 @@ def test_layout_of_a_run(reference_run):
     n = report.total
     assert (report.generated, report.resumed, report.exit_code) == (n, 0, EXIT_OK)
     assert not report.skipped_inputs and not report.failed and not report.interrupted
-    assert sorted(p.name for p in (out / "test" / "defect").iterdir()) == [f"{i:04d}.png" for i in range(n)]
-    masks = sorted((out / "ground_truth" / "defect").iterdir())
+    assert sorted(p.name for p in (out / CATEGORY / "test" / "defect").iterdir()) == [f"{i:04d}.png" for i in range(n)]
+    masks = sorted((out / CATEGORY / "ground_truth" / "defect").iterdir())
     assert [p.name for p in masks] == [f"{i:04d}_mask.png" for i in range(n)]
     for i, path in enumerate(masks):
-        image, mask = read_image(out / "test" / "defect" / f"{i:04d}.png"), read_gray(path)
+        image, mask = read_image(out / CATEGORY / "test" / "defect" / f"{i:04d}.png"), read_gray(path)
         assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
         assert set(np.unique(mask)) == {0, 255}  # binary and non-empty (and not all defect here)
     extras = sorted(p.name for p in (out / "extra" / "defect").iterdir())
@@ -129,7 +131,7 @@ def test_kill_between_files_and_manifest_line(reference_run, tmp_path, job_confi
     interrupt_after(monkeypatch, "append_line", calls=1)
     report = run_job(job_config(out, num=ref.total), progress=False)
     assert report.interrupted and len(manifest(out)) == 1
-    assert (out / "test" / "defect" / "0001.png").exists()  # orphan files without a line
+    assert (out / CATEGORY / "test" / "defect" / "0001.png").exists()  # orphan files without a line
     monkeypatch.undo()
 
     rerun = run_job(job_config(out, num=ref.total), progress=False)
@@ -144,7 +146,7 @@ def test_torn_last_manifest_line_is_dropped(reference_run, copy_of, job_config, 
     text = (out / "manifest.jsonl").read_text()
     last_start = text.rstrip("\n").rfind("\n") + 1
     (out / "manifest.jsonl").write_text(text[: last_start + 40])  # killed mid-line
-    (out / "test" / "defect" / f"{ref.total - 1:04d}.png").write_bytes(b"half-written")
+    (out / CATEGORY / "test" / "defect" / f"{ref.total - 1:04d}.png").write_bytes(b"half-written")
 
     with caplog.at_level(logging.WARNING, logger="adabldm"):
         rerun = run_job(job_config(out, num=ref.total), progress=False)
@@ -158,7 +160,7 @@ def test_torn_last_manifest_line_is_dropped(reference_run, copy_of, job_config, 
 def test_line_whose_image_was_deleted_is_dropped(reference_run, copy_of, job_config, sample_files):
     ref_out, ref = reference_run
     out = copy_of(ref_out)
-    (out / "test" / "defect" / "0001.png").unlink()
+    (out / CATEGORY / "test" / "defect" / "0001.png").unlink()
 
     rerun = run_job(job_config(out, num=ref.total), progress=False)
     assert (rerun.resumed, rerun.generated) == (ref.total - 1, 1)
@@ -364,8 +366,8 @@ def test_defect_that_cannot_fit_fails_only_its_sample(tmp_path, job_config, make
     (entry,) = [strict_json(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert entry["index"] == 1 and entry["source"] == str(images / "b.png")
     assert entry["quality"]["bg_psnr_after"] is None  # no background left: no PSNR, still strict JSON
-    assert not (out / "test" / "defect" / "0000.png").exists()
-    assert (read_gray(out / "ground_truth" / "defect" / "0001_mask.png") == 255).all()
+    assert not (out / CATEGORY / "test" / "defect" / "0000.png").exists()
+    assert (read_gray(out / CATEGORY / "ground_truth" / "defect" / "0001_mask.png") == 255).all()
 
 
 def test_defect_mask_without_defect_is_skipped(tmp_path, job_config):
@@ -400,7 +402,7 @@ def test_several_defect_types_share_one_category_folder(reference_run, copy_of, 
     before = (out / "manifest.jsonl").read_text().splitlines()
     report = run_job(job_config(out, num=2, defect="scratch"), progress=False)
     assert report.generated == 2 and report.exit_code == 0
-    assert sorted(p.name for p in (out / "test" / "scratch").iterdir()) == ["0000.png", "0001.png"]
+    assert sorted(p.name for p in (out / CATEGORY / "test" / "scratch").iterdir()) == ["0000.png", "0001.png"]
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert lines[: len(before)] == before  # the first defect type's lines are untouched
     assert [json.loads(x)["defect"] for x in lines[len(before):]] == ["scratch", "scratch"]

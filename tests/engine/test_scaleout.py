@@ -19,7 +19,7 @@ NUM, BATCH = 5, 2  # chunks [0, 1], [2, 3], [4]: shard 0/2 makes 0, 1, 4; shard 
 
 def digests(out: Path) -> dict[str, str]:
     """sha256 of every PNG of the samples (images, masks, extras) by relative path."""
-    files = [p for d in ("test", "ground_truth", "extra") for p in (out / d).rglob("*.png")]
+    files = [p for d in ("texture/train", "texture/test", "texture/ground_truth", "extra") for p in (out / d).rglob("*.png")]
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 
@@ -39,7 +39,7 @@ def merged_manifest(out: Path) -> dict[int, dict]:
 def assert_same_run(out: Path, reference: Path) -> None:
     assert digests(out) == digests(reference)
     assert merged_manifest(out) == merged_manifest(reference)
-    assert check_run(out, "defect", NUM).ok
+    assert check_run(out, "texture", "defect", NUM).ok
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +96,13 @@ def test_shards_are_interleaved_whole_chunks():
 
 def test_check_names_missing_and_duplicated(whole_run, copy_of):
     out = copy_of(whole_run)
-    assert check_run(out, "defect", NUM).ok and "complete" in check_run(out, "defect", NUM).message(out, "defect")
-    check = check_run(out, "defect", 8)
+    assert check_run(out, "texture", "defect", NUM).ok and "complete" in check_run(out, "texture", "defect", NUM).message(out, "defect")
+    check = check_run(out, "texture", "defect", 8)
     assert check.missing == (5, 6, 7) and "3 missing: 5-7" in check.message(out, "defect")
-    (out / "test" / "defect" / "0001.png").unlink()
+    (out / "texture" / "test" / "defect" / "0001.png").unlink()
     line = [s for s in (out / "manifest.jsonl").read_text().splitlines() if json.loads(s)["index"] == 3][0]
     (out / "manifest.shard-0-of-2.jsonl").write_text(line + "\n")
-    check = check_run(out, "defect", NUM)
+    check = check_run(out, "texture", "defect", NUM)
     assert check.missing == (1,) and check.duplicated == {3: 2}
     assert "1 missing: 1; 1 duplicated: 3 (2 lines)" in check.message(out, "defect")
 
@@ -129,7 +129,7 @@ def test_killed_shard_rerun_loses_and_duplicates_nothing(whole_run, tmp_path, mo
     report = run_job(config(out), progress=False, shard=Shard(0, 2))
     assert report.exit_code == EXIT_INTERRUPTED and report.generated == 1
     monkeypatch.undo()
-    assert check_run(out, "defect", NUM).missing == (1, 2, 3, 4)
+    assert check_run(out, "texture", "defect", NUM).missing == (1, 2, 3, 4)
     report = run_job(config(out), progress=False, shard=Shard(0, 2))
     assert (report.resumed, report.generated) == (1, 2)
     run_job(config(out), progress=False, shard=Shard(1, 2))

@@ -450,11 +450,11 @@ def test_trained_controlnet_in_adabldm_run(reference_runs):
     background toward the source in both runs."""
     initial, trained = reference_runs
     for i in range(2):
-        for f in (f"ground_truth/defect/{i:04d}_mask.png", f"extra/defect/{i:04d}_trimap.png",
+        for f in (f"texture/ground_truth/defect/{i:04d}_mask.png", f"extra/defect/{i:04d}_trimap.png",
                   f"extra/defect/{i:04d}_source.png"):
             assert np.array_equal(png(initial / f), png(trained / f)), f
-        m = png(trained / f"ground_truth/defect/{i:04d}_mask.png") > 0
-        a, b = png(initial / f"test/defect/{i:04d}.png"), png(trained / f"test/defect/{i:04d}.png")
+        m = png(trained / f"texture/ground_truth/defect/{i:04d}_mask.png") > 0
+        a, b = png(initial / f"texture/test/defect/{i:04d}.png"), png(trained / f"texture/test/defect/{i:04d}.png")
         assert m.any() and np.abs(a - b)[m].max() >= 1  # the defect region changed
     for run in reference_runs:
         for line in map(json.loads, (run / "manifest.jsonl").read_text().splitlines()):
@@ -482,10 +482,10 @@ def test_trained_controlnet_in_adabldm_export(trained, job_inputs, reference_run
     ort = run_job(tmp_path / "ort", report.out / "controlnet", cfg.images, masks,
                   "--bundle", bundle, "--backend", "onnxruntime")
     for i in range(2):
-        a, b = png(reference / f"test/defect/{i:04d}.png"), png(ort / f"test/defect/{i:04d}.png")
+        a, b = png(reference / f"texture/test/defect/{i:04d}.png"), png(ort / f"texture/test/defect/{i:04d}.png")
         assert 10 * np.log10(255**2 / max(np.mean((a - b) ** 2), 1e-12)) >= 40.0
-        m = png(ort / f"ground_truth/defect/{i:04d}_mask.png") > 0
-        base = png(initial / f"test/defect/{i:04d}.png")
+        m = png(ort / f"texture/ground_truth/defect/{i:04d}_mask.png") > 0
+        base = png(initial / f"texture/test/defect/{i:04d}.png")
         assert np.abs(b - base)[m].max() >= 1
 
 
