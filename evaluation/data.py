@@ -8,15 +8,23 @@ Every error names the file or folder and what was expected (InputError: a usage 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from adabldm_core.io import InputError, list_images, read_gray, read_image
 from PIL import Image
 
-from adabldm_ref.fewshot import ShotFile, Split, data_digest, load_backgrounds, load_shot, pair_files, split_files
+from adabldm_ref.fewshot import (
+    ShotFile,
+    Split,
+    data_digest,
+    load_backgrounds,
+    load_shot,
+    pair_files,
+    split_files,
+)
 from adabldm_ref.train_run import read_split
 
 from .synthetic import SyntheticSample
@@ -35,7 +43,7 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.names)
 
-    def __add__(self, other: "Pairs") -> "Pairs":
+    def __add__(self, other: Pairs) -> Pairs:
         return Pairs(self.names + other.names, np.concatenate([self.images, other.images]),
                      np.concatenate([self.masks, other.masks]))
 

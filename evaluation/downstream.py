@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ class DownstreamConfig:
     split: Path | None = None  # an adabldm-train run directory whose split decides what is held out
     seeds: int = 3  # seeds 0..seeds-1, the same for every arm
     limit: int | None = None  # use only the first N synthetic samples
-    segmenter: SegmenterConfig = SegmenterConfig()
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:

@@ -25,8 +25,8 @@ User networks (TorchScript files, ``torch.jit.load``, on the CPU):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from adabldm_core.io import InputError
@@ -88,7 +88,7 @@ def load_user_net(path: Path | None, option: str, what: str):
         raise InputError(f"{option} {path}: file not found")
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as exc:  # torch raises several kinds for a file that is not TorchScript
+    except Exception as exc:  # noqa: BLE001 -- torch raises several kinds for a file that is not TorchScript
         raise InputError(f"{option} {path}: not a TorchScript module ({exc})") from None
 
 
@@ -130,7 +130,7 @@ def kid(net, generated: np.ndarray, real: np.ndarray) -> float:
     if len(x) < 2 or len(y) < 2:
         raise InputError("KID needs at least 2 generated and 2 real images")
     d = x.shape[1]
-    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    k = lambda a, b: (a @ b.T / d + 1) ** 3
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     m, n = len(x), len(y)
     return float((kxx.sum() - kxx.trace()) / (m * (m - 1)) + (kyy.sum() - kyy.trace()) / (n * (n - 1))

@@ -30,11 +30,11 @@ def markdown_table(report: dict) -> str:
     cfg, seg = report["config"], report["config"]["segmenter"]
     return "\n".join([
         f"# Downstream segmentation: defect `{cfg['defect']}`", "",
-        f"Real category `{cfg['real']}`, synthetic set `{cfg['synthetic']}` ({report['synthetic_samples']} samples),"
-        f" split: {report['split']['rule']} ({len(report['split']['train'])} train, {report['test']['defects']} held"
-        f" out); test set: {report['test']['defects']} held-out defects + {report['test']['ok']} OK images.",
-        f"U-Net width {seg['width']}, {seg['size']} px, {seg['steps']} steps of batch {seg['batch']}, lr {seg['lr']},"
-        f" {seeds} seed(s), device {seg['device']}; {report['seconds']} s.", "",
+        (f"Real category `{cfg['real']}`, synthetic set `{cfg['synthetic']}` ({report['synthetic_samples']} samples),"
+         f" split: {report['split']['rule']} ({len(report['split']['train'])} train, {report['test']['defects']} held"
+         f" out); test set: {report['test']['defects']} held-out defects + {report['test']['ok']} OK images."),
+        (f"U-Net width {seg['width']}, {seg['size']} px, {seg['steps']} steps of batch {seg['batch']}, lr {seg['lr']},"
+         f" {seeds} seed(s), device {seg['device']}; {report['seconds']} s."), "",
         "Percent, mean ± std over seeds.", "", *lines, ""])
 
 

@@ -70,7 +70,7 @@ def distribution(values: list[float]) -> dict:
     v = np.array([x for x in values if math.isfinite(x)])
     if not len(v):
         return {"n": 0}
-    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+    return {"n": len(v), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
             "max": float(v.max()), **{f"q{int(q * 100):02d}": float(np.quantile(v, q)) for q in QUANTILES}}
 
 
@@ -89,8 +89,8 @@ def badness(rows: list[dict], by: str) -> np.ndarray:
 
 def markdown(report: dict) -> str:
     lines = [f"# Synthetic set `{report['out']}`", "",
-             f"{report['samples']} samples ({', '.join(f'{d}: {n}' for d, n in report['defects'].items())});"
-             f" figures from the manifest for {report['from_manifest']}, computed for {report['computed']}.", "",
+             (f"{report['samples']} samples ({', '.join(f'{d}: {n}' for d, n in report['defects'].items())});"
+              f" figures from the manifest for {report['from_manifest']}, computed for {report['computed']}."), "",
              "| figure | n | mean | std | min | 5% | 25% | median | 75% | 95% | max |", "|---" * 11 + "|"]
     for k in FIGURES:
         d = report["distribution"][k]

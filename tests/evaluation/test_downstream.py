@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from PIL import Image
-
 from adabldm_eval.baseline import baseline_pairs
 from adabldm_eval.cli import main
 from adabldm_eval.metrics import METRICS
+from click.testing import CliRunner
+from PIL import Image
 
 SMALL = ["--size", "64", "--steps", "4", "--batch", "4", "--seeds", "1", "--quiet"]
 

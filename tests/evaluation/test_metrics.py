@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from adabldm_eval.metrics import (detection_metrics, f1_max, image_metrics, instance_ap, instance_scores, instances,
-                                  pixel_metrics)
+from adabldm_eval.metrics import (
+    detection_metrics,
+    f1_max,
+    image_metrics,
+    instance_ap,
+    instance_scores,
+    instances,
+    pixel_metrics,
+)
 
 
 def test_pixel_auroc_ap_f1_on_four_pixels():

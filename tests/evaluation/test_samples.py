@@ -8,13 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from PIL import Image
-
 from adabldm_core.metrics import sample_quality
 from adabldm_eval.cli import main
 from adabldm_eval.features import crops_of, diversity, ic_lpips, kid, random_features
 from adabldm_eval.samples import FIGURES
+from click.testing import CliRunner
+from PIL import Image
 
 # The user networks are TorchScript files (torch.jit.load), which torch 2.13 marks deprecated.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
