@@ -140,3 +140,20 @@ def test_usage_errors_exit_2(fewshot, tmp_path):
     assert result.exit_code == 2 and "expected cpu, cuda or cuda:N" in result.output
     result = run("--real", fewshot, "--synthetic", tmp_path, "--defect", "crack", "--size", "60", "--quiet")
     assert result.exit_code == 2 and "multiple of 8" in result.output
+
+
+def test_a_held_out_image_in_training_is_caught_by_name_or_pixels():
+    from adabldm_eval.data import Pairs, check_no_leak
+
+    from adabldm_ref.fewshot import Split
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    masks = np.zeros((3, 16, 16), dtype=bool)
+    split = Split(("000",), ("001", "002"), "test")
+    test = Pairs(("001", "002"), images[1:], masks[1:])
+    check_no_leak(Pairs(("000",), images[:1], masks[:1]), test, split, [], [])  # clean
+    with pytest.raises(RuntimeError, match="held-out defects reach training"):
+        check_no_leak(Pairs(("000", "001"), images[:2], masks[:2]), test, split, [], [])
+    with pytest.raises(RuntimeError, match="1 identical image"):
+        check_no_leak(Pairs(("000", "synthetic:crack/0000"), images[[0, 2]], masks[:2]), test, split, [], [])
