@@ -27,7 +27,7 @@ from torch.func import functional_call, vmap
 from torch.optim.adamw import adamw
 
 from adabldm_ref.adaptation import AdaptResult, adaptation_loss
-from adabldm_ref.config import AdaptConfig
+from adabldm_ref.config import LATENT_STRIDE, AdaptConfig
 
 ALL = "all"
 Params = dict[str, torch.Tensor]
@@ -84,6 +84,15 @@ class FastAdaptConfig:
     # 1.22x per step in adaptation_kernel_cpu.md (1.11x and 1.02x in its earlier committed
     # runs: this shared machine's noise). Not measured on a GPU, where tensor-core convolutions want it.
     channels_last: bool = False
+    # Region of interest (issue 15): adapt on the latent crop around M's bounding box,
+    # widened by ``roi_margin`` latent cells on each side, and take the OK image itself
+    # beyond it, where the preservation term (lambda = 100) asks for exactly that image.
+    # Cost then grows with the defect's box, not the image. The crop's decode is blended
+    # into the OK image over ``roi_feather`` px inside the crop's edge (not at image
+    # edges), so no step appears where the crop ends. False: the whole image (reference).
+    roi: bool = False
+    roi_margin: int = 4  # latent cells (x8 px): a 3x3-conv decoder's reach stays inside
+    roi_feather: int = 8  # px of the linear blend at the crop's inner edge
 
     def __post_init__(self) -> None:
         if self.iters is not None and self.iters < 0:
@@ -94,6 +103,11 @@ class FastAdaptConfig:
             raise ValueError(f"early_stop_tol={self.early_stop_tol}: expected 0 <= tol < 1")
         if self.patience < 1:
             raise ValueError(f"patience={self.patience}: expected >= 1")
+        if self.roi_margin < 0 or self.roi_feather < 0 or self.roi_feather > LATENT_STRIDE * self.roi_margin:
+            raise ValueError(
+                f"roi_margin={self.roi_margin}, roi_feather={self.roi_feather}: expected margin >= 0 latent"
+                f" cells and 0 <= feather <= {LATENT_STRIDE} x margin px (the blend stays outside M)"
+            )
         if self.batching not in ("vmap", "loop"):
             raise ValueError(f"batching={self.batching!r}: expected 'vmap' or 'loop'")
         object.__setattr__(self, "precision", Precision.of(self.precision, ADAPT_PRECISIONS, "adaptation precision"))
@@ -103,7 +117,7 @@ class FastAdaptConfig:
         """Every shortcut off: the reference loop's computation, sample by sample."""
         return cls(
             trainable=ALL, cache_frozen=False, iters=None, lr=None, early_stop_tol=0.0,
-            batching="loop", precision=Precision.FP32, channels_last=False,
+            batching="loop", precision=Precision.FP32, channels_last=False, roi=False,
         )
 
     @property
@@ -351,6 +365,8 @@ def adapt_batch(
     after each update with the losses (A,) of the A samples that took it.
     """
     check_inputs(z_star, x_fg, x_ok, mask)
+    if fast.roi:
+        return adapt_roi(vae, z_star, x_fg, x_ok, mask, adapt_cfg, fast, latent_scale, callback)
     iters = adapt_cfg.iters if fast.iters is None else fast.iters
     lr = adapt_cfg.lr if fast.lr is None else fast.lr
     head, tail = split_decoder(vae.decoder, fast.trainable)
@@ -406,6 +422,92 @@ def adapt_batch(
         if iters == 0:
             out.loss_first[act.index] = loss
     return BatchAdaptResult(out.images, out.loss_first, out.loss_final, out.steps)
+
+
+# ---------------------------------------------------------------------------------------
+# Region of interest: adapt where the defect is, take the OK image elsewhere
+
+
+@dataclass(frozen=True)
+class LatentBox:
+    """Half-open box of latent cells [y0, y1) x [x0, x1); its pixels are ``stride`` times it."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    def latent(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def pixels(self, stride: int = LATENT_STRIDE) -> tuple[slice, slice]:
+        return slice(self.y0 * stride, self.y1 * stride), slice(self.x0 * stride, self.x1 * stride)
+
+    def cells(self) -> int:
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+
+def roi_box(mask: torch.Tensor, margin: int, stride: int = LATENT_STRIDE) -> LatentBox | None:
+    """The latent cells that hold a pixel of M (H, W) bool, widened by ``margin`` cells and
+    clipped to the image; None when M is empty."""
+    rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+    if rows.numel() == 0:
+        return None
+    h, w = mask.shape[0] // stride, mask.shape[1] // stride
+    up = lambda px: -(-px // stride)  # noqa: E731  (ceil: the cell of the last pixel, exclusive)
+    return LatentBox(
+        max(int(rows[0]) // stride - margin, 0), min(up(int(rows[-1]) + 1) + margin, h),
+        max(int(cols[0]) // stride - margin, 0), min(up(int(cols[-1]) + 1) + margin, w),
+    )
+
+
+def feather_weight(box: LatentBox, height: int, width: int, feather: int,
+                   stride: int = LATENT_STRIDE) -> torch.Tensor:
+    """(1, 1, h, w) weight of the adapted crop in the output: 1 inside, falling linearly to
+    0 over ``feather`` px towards each crop edge that is not an image edge (0: a hard paste)."""
+
+    def ramp(n: int, inner_lo: bool, inner_hi: bool) -> torch.Tensor:
+        c = torch.arange(n, dtype=torch.float32)
+        a = torch.ones(n)
+        if feather > 0 and inner_lo:
+            a = torch.minimum(a, (c + 0.5) / feather)
+        if feather > 0 and inner_hi:
+            a = torch.minimum(a, (n - c - 0.5) / feather)
+        return a
+
+    ys, xs = box.pixels(stride)
+    ry = ramp(ys.stop - ys.start, ys.start > 0, ys.stop < height)
+    rx = ramp(xs.stop - xs.start, xs.start > 0, xs.stop < width)
+    return (ry[:, None] * rx[None, :])[None, None]
+
+
+def adapt_roi(vae, z_star, x_fg, x_ok, mask, adapt_cfg: AdaptConfig, fast: FastAdaptConfig,
+              latent_scale: float, callback=None) -> BatchAdaptResult:
+    """:func:`adapt_batch` on each sample's region of interest (``fast.roi``), pasted into x_ok.
+
+    The crop's loss is the reference's loss on the crop: Adam does not see the change of
+    the mean's denominator, and both terms keep their ratio. The losses reported are those
+    of the full image, as the reference's. An empty M gives x_ok itself (0 steps).
+    """
+    height, width = x_ok.shape[2:]
+    images, steps = x_ok.clone(), torch.zeros(z_star.shape[0], dtype=torch.long)
+    crop_fast = fast.replace(roi=False)
+    for b in range(z_star.shape[0]):
+        box = roi_box(mask[b, 0] > 0.5, fast.roi_margin)
+        if box is None:
+            continue
+        ly, lx = box.latent()
+        py, px = box.pixels()
+        crop = lambda t: t[b : b + 1, :, py, px]  # noqa: E731
+        r = adapt_batch(vae, z_star[b : b + 1, :, ly, lx], crop(x_fg), crop(x_ok), crop(mask), adapt_cfg,
+                        crop_fast, latent_scale, callback)
+        w = feather_weight(box, height, width, fast.roi_feather).to(x_ok.device)
+        images[b : b + 1, :, py, px] = w * r.images + (1 - w) * crop(x_ok)
+        steps[b] = r.steps[0]
+    with torch.no_grad():
+        first = per_sample_loss(x_fg, x_fg, x_ok, mask, adapt_cfg.preservation)
+        final = per_sample_loss(images, x_fg, x_ok, mask, adapt_cfg.preservation)
+    return BatchAdaptResult(images, first, final, steps)
 
 
 @dataclass(frozen=True)
