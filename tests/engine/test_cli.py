@@ -66,6 +66,7 @@ def test_option_defaults_are_the_configuration_defaults():
     from adabldm_core.precision import ADAPT_PRECISIONS, choices
     from adabldm_engine import cli
     from adabldm_engine.backends import BACKENDS
+    from adabldm_engine.gate import GateConfig
 
     from adabldm_ref.config import (
         AdaptConfig,
@@ -86,7 +87,10 @@ def test_option_defaults_are_the_configuration_defaults():
         "foreground_min_area": job.JobConfig.foreground_min_area, "batch_size": job.JobConfig.batch_size,
         "backend": job.JobConfig.backend, "adapt_precision": str(job.JobConfig.adapt_precision),
         "cuda_graphs": job.JobConfig.cuda_graphs, "allow_pickle": job.JobConfig.allow_pickle,
+        "min_bg_psnr": GateConfig.min_bg_psnr, "min_defect_strength": GateConfig.min_defect_strength,
+        "max_attempts": GateConfig.max_attempts, "gate": False,
     }
+    assert GateConfig.max_leakage is None and GateConfig.max_seam is None  # the options' "not checked"
     ctx = click.Context(main)
     defaults = {p.name: p.get_default(ctx) for p in main.params}
     assert {k: defaults[k] for k in expected} == expected
@@ -270,3 +274,31 @@ def test_images_file_is_reported_as_a_file(run_cli, tmp_path, tiny_args, make_im
     result = run_cli("--batch", "--out", tmp_path / "out", "--num", 1, "--images", path, *tiny_args)
     assert result.exit_code == 1 and f"OK image folder {path} is a file" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_gate_thresholds_without_gate_and_bad_categories_are_usage_errors(run_cli, tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = run_cli("--batch", "--out", out, "--num", 1, "--min-bg-psnr", "20", *tiny_args)
+    assert result.exit_code == 2 and "--min-bg-psnr: a gate threshold; needs --gate" in result.output
+    result = run_cli("--batch", "--out", out, "--num", 1, "--gate", "--max-attempts", "99", *tiny_args)
+    assert result.exit_code == 2 and "--max-attempts" in result.output
+    result = run_cli("--batch", "--out", out, "--num", 1, "--category", "runs", *tiny_args)
+    assert result.exit_code == 2 and "--category 'runs'" in result.output
+    result = run_cli("--batch", "--out", out, "--num", 1, "--object", "!!", *tiny_args)
+    assert result.exit_code == 2 and "give --category NAME" in result.output
+    assert not out.exists()
+
+
+def test_gated_run_with_a_category_reports_the_attempts(run_cli, tmp_path, tiny_args):
+    out = tmp_path / "out"
+    result = run_cli("--batch", "--out", out, "--num", 1, "--object", "metal nut", "--gate", "--min-bg-psnr", "99",
+                     "--max-attempts", "2", *tiny_args)
+    assert result.exit_code == 0, result.output
+    assert "gate: 1 sample(s) made again [0]; 1 kept without passing (gate.passed false in the manifest): [0]" in (
+        result.output)
+    assert (out / "metal_nut" / "test" / "defect" / "0000.png").is_file()
+    (entry,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert entry["category"] == "metal_nut" and entry["image"] == "metal_nut/test/defect/0000.png"
+    assert [a["attempt"] for a in entry["gate"]["attempts"]] == [0, 1] and not entry["gate"]["passed"]
+    check = run_cli("--batch", "--check", "--out", out, "--num", 1, "--object", "metal nut", *tiny_args)
+    assert check.exit_code == 0 and "complete" in check.output
