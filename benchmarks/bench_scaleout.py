@@ -27,7 +27,7 @@ from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 
 
 def digests(out: Path) -> dict[str, str]:
-    files = [p for d in ("test", "ground_truth", "extra") for p in (out / d).rglob("*.png")]
+    files = [p for d in ("texture/test", "texture/ground_truth", "extra") for p in (out / d).rglob("*.png")]
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 

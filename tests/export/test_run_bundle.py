@@ -27,9 +27,9 @@ def test_batch_job_over_a_bundle(bundle_dir, tmp_path, backend):
     lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert [x["index"] for x in lines] == [0, 1]
     for i in range(2):
-        mask = np.asarray(Image.open(out / "ground_truth" / "defect" / f"{i:04d}_mask.png"))
+        mask = np.asarray(Image.open(out / "texture" / "ground_truth" / "defect" / f"{i:04d}_mask.png"))
         assert set(np.unique(mask)) == {0, 255}
-        assert (out / "test" / "defect" / f"{i:04d}.png").is_file()
+        assert (out / "texture" / "test" / "defect" / f"{i:04d}.png").is_file()
     record = json.loads((out / "runs" / "defect.json").read_text())
     assert record["backend"] == backend and record["bundle"] == str(bundle_dir)
     again = run("--bundle", bundle_dir, "--backend", backend, "--out", out)
@@ -40,8 +40,8 @@ def test_bundle_runs_match_reference_runs(bundle_dir, tmp_path):
     assert run("--out", tmp_path / "ref").exit_code == 0
     assert run("--bundle", bundle_dir, "--backend", "onnxruntime", "--out", tmp_path / "ort").exit_code == 0
     for i in range(2):
-        a = np.asarray(Image.open(tmp_path / "ref" / "test" / "defect" / f"{i:04d}.png")).astype(float)
-        b = np.asarray(Image.open(tmp_path / "ort" / "test" / "defect" / f"{i:04d}.png")).astype(float)
+        a = np.asarray(Image.open(tmp_path / "ref" / "texture" / "test" / "defect" / f"{i:04d}.png")).astype(float)
+        b = np.asarray(Image.open(tmp_path / "ort" / "texture" / "test" / "defect" / f"{i:04d}.png")).astype(float)
         db = psnr(a, b)
         assert db >= 40.0, db
 
