@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-import adabldm_engine.job as job
 import pytest
+from adabldm_engine import job
 from adabldm_engine.gate import GateConfig, attempt_base_seed
 from adabldm_engine.job import EXIT_OK, run_job
 from adabldm_engine.scaleout import Shard
@@ -87,7 +87,7 @@ def test_the_gated_run_is_deterministic_and_shard_independent(never_passing, tmp
     for k in (1, 0):  # samples 1 then 0, each in its own process-like shard
         assert run_job(job_config(again, num=2, gate=NEVER), progress=False, shard=Shard(k, 2)).exit_code == EXIT_OK
     assert sample_files(again) == sample_files(out)
-    strip = lambda e: {k: v for k, v in e.items() if k != "timings"}  # noqa: E731
+    strip = lambda e: {k: v for k, v in e.items() if k != "timings"}
     assert {i: strip(e) for i, e in lines(again).items()} == {i: strip(e) for i, e in lines(out).items()}
 
 
@@ -114,7 +114,7 @@ def test_a_gate_every_sample_passes_keeps_the_bytes_of_the_job_without_it(refere
     report = run_job(job_config(out, num=ref.total, gate=ALWAYS), progress=False)
     assert report.exit_code == EXIT_OK and not report.regenerated
     assert sample_files(out) == sample_files(ref_out)
-    extras = lambda d: {p.name: p.read_bytes() for p in (d / "extra").rglob("*.png")}  # noqa: E731
+    extras = lambda d: {p.name: p.read_bytes() for p in (d / "extra").rglob("*.png")}
     assert extras(out) == extras(ref_out)
     for e in lines(out).values():
         assert e["gate"] == {"passed": True, "kept": 0, "attempts": [

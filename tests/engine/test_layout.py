@@ -102,7 +102,7 @@ def two_defects(reference_run, tmp_path_factory):
 
 
 def test_only_anomalibs_tree_is_inside_the_category(reference_run):
-    out, report = reference_run
+    out, _ = reference_run
     inside = sorted(str(p.relative_to(out / CATEGORY)) for p in (out / CATEGORY).rglob("*") if p.is_file())
     assert inside == sorted(["train/good/000.png", "train/good/001.png"]
                             + [f"test/defect/{i:04d}.png" for i in range(NUM)]
