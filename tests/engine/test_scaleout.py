@@ -179,6 +179,22 @@ def test_killed_ray_job_rerun_loses_and_duplicates_nothing(local_ray, whole_run,
     assert_same_run(out, whole_run)
 
 
+def test_gated_ray_job_equals_the_gated_single_process_job(local_ray, tmp_path):
+    """The gate's attempts depend on (seed, i, a) alone: Ray's actors make the same ones."""
+    import dataclasses
+
+    from adabldm_engine.gate import GateConfig
+
+    gate = GateConfig(min_bg_psnr=99.0, max_attempts=2)  # every sample made twice
+    cfg = lambda out: dataclasses.replace(config(out, num=2), gate=gate)
+    with torch_threads(1):
+        single = run_job(cfg(tmp_path / "single"), progress=False)
+    report = scaleout.run_ray(cfg(tmp_path / "ray"), RayConfig(actors=2), progress=False)
+    assert report.regenerated == single.regenerated == [0, 1] and sorted(report.gate_failed) == [0, 1]
+    assert digests(tmp_path / "ray") == digests(tmp_path / "single")
+    assert merged_manifest(tmp_path / "ray") == merged_manifest(tmp_path / "single")
+
+
 # ---------------------------------------------------------------------------------------
 # Command line
 
