@@ -1,6 +1,6 @@
 """The demo model on the README's main command: is the background the source, is the defect visible?
 
-Runs, as a user would, ``adabldm-run --batch --num 4 --steps 20 --adapt-iters 20 --out W/run``
+Runs, as a user would, ``adabldm-run --batch --num 4 --steps 20 --out W/run``
 (the demo model is the default), then ``adabldm-export --out W/bundle`` and the same run
 through ``--bundle W/bundle --backend onnxruntime``; measures each output folder with
 adabldm_ref.demo.quality (background PSNR outside M against the source, defect strength)
@@ -24,7 +24,7 @@ from pathlib import Path
 from adabldm_ref.demo import record as demo_record
 from adabldm_ref.demo.quality import run_figures
 
-MAIN = ["--batch", "--num", "4", "--steps", "20", "--adapt-iters", "20"]
+MAIN = ["--batch", "--num", "4", "--steps", "20"]
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -30,6 +30,10 @@ from adabldm_ref.adaptation import AdaptResult, adaptation_loss
 from adabldm_ref.config import LATENT_STRIDE, AdaptConfig
 
 ALL = "all"
+# (iters, lr) that adabldm-run uses with the region of interest (--adapt-region roi): the
+# cheapest setting of benchmarks/bench_adaptation.py within 0.5 dB of the reference's 200
+# whole-image steps on background and defect (results/adaptation_cpu.md, demo decoder).
+ROI_ADAPT = (20, 5e-4)
 Params = dict[str, torch.Tensor]
 
 
@@ -365,7 +369,7 @@ def adapt_batch(
     after each update with the losses (A,) of the A samples that took it.
     """
     check_inputs(z_star, x_fg, x_ok, mask)
-    if fast.roi:
+    if fast.roi and (adapt_cfg.iters if fast.iters is None else fast.iters) > 0:  # 0: off, the output is D(z*)
         return adapt_roi(vae, z_star, x_fg, x_ok, mask, adapt_cfg, fast, latent_scale, callback)
     iters = adapt_cfg.iters if fast.iters is None else fast.iters
     lr = adapt_cfg.lr if fast.lr is None else fast.lr

@@ -24,6 +24,10 @@ KINDS = ("blob", "scratch", "crack")  # adabldm_ref.procedural.KINDS
 ADAPT_PRECISIONS = ("fp32", "bf16")  # adabldm_core.precision.choices(ADAPT_PRECISIONS); that module imports torch
 BACKENDS = ("torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt")  # adabldm_engine.backends
 FOREGROUND_MIN_AREA = 0.005  # adabldm_ref.masks.FOREGROUND_MIN_AREA
+# (iters, lr) of each --adapt-region: adabldm_engine.adaptation.ROI_ADAPT (measured,
+# benchmarks/results/adaptation_cpu.md) and the reference's AdaptConfig (iters, lr).
+ROI_ADAPT = (20, 5e-4)
+IMAGE_ADAPT = (200, 1e-4)
 
 # --help in sections, by parameter name; every parameter is in one (checked by a test).
 SECTIONS = (
@@ -31,7 +35,7 @@ SECTIONS = (
                 "prompt_suffix", "resolution")),
     ("Masks", ("masks", "procedural", "rotate", "scale_range", "keep_thin")),
     ("Sampler", ("seed", "steps", "guidance", "control_scale", "renoise")),
-    ("Adaptation", ("adapt_iters", "adapt_lr", "adapt_precision", "preservation")),
+    ("Adaptation", ("adapt_iters", "adapt_lr", "adapt_region", "adapt_margin", "adapt_precision", "preservation")),
     ("Model and runtime", ("model", "controlnet", "allow_pickle", "bundle", "backend", "batch_size", "device",
                            "cuda_graphs", "shard", "ray_address", "actors")),
     ("Quality gate", ("gate", "min_bg_psnr", "min_defect_strength", "max_leakage", "max_seam", "max_attempts")),
@@ -113,8 +117,10 @@ def _device(value: str) -> str:
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(min=2), help="DDIM steps (stage windows scale with it).")
 @click.option("--guidance", default=9.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--control-scale", default=1.0, show_default=True, help="ControlNet conditioning scale.")
-@click.option("--adapt-iters", default=200, show_default=True, type=click.IntRange(min=0), help="Online decoder adaptation iterations (0: off).")
-@click.option("--adapt-lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Adaptation AdamW learning rate.")
+@click.option("--adapt-iters", type=click.IntRange(min=0), help=f"Online decoder adaptation iterations (0: off). [default: {ROI_ADAPT[0]} with --adapt-region roi, {IMAGE_ADAPT[0]} with image]")
+@click.option("--adapt-lr", type=click.FloatRange(min=0, min_open=True), help=f"Adaptation AdamW learning rate. [default: {ROI_ADAPT[1]:g} with --adapt-region roi, {IMAGE_ADAPT[1]:g} with image]")
+@click.option("--adapt-region", type=click.Choice(["roi", "image"]), default="roi", show_default=True, help="roi: adapt the decoder on the crop around the mask and take the OK image beyond it; image: the whole image (the reference).")
+@click.option("--adapt-margin", default=4, show_default=True, type=click.IntRange(min=0), help="With --adapt-region roi: latent cells (x8 px) added around the mask's box.")
 @click.option("--adapt-precision", type=click.Choice(ADAPT_PRECISIONS), default="fp32", show_default=True, help="Adaptation arithmetic; bf16: bfloat16 autocast, fp32 weights and loss (a run of its own).")
 @click.option("--preservation", default=100.0, show_default=True, type=click.FloatRange(min=0), help="Adaptation background weight (lambda).")
 @click.option("--resolution", default=256, show_default=True, callback=_resolution, help="Working resolution, a multiple of 64.")
@@ -145,7 +151,7 @@ def _device(value: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreground, foreground_mode, foreground_min_area,
-         masks, procedural, seed, steps, guidance, control_scale, adapt_iters, adapt_lr, adapt_precision,
+         masks, procedural, seed, steps, guidance, control_scale, adapt_iters, adapt_lr, adapt_region, adapt_margin, adapt_precision,
          preservation, resolution, renoise, keep_thin, rotate, scale_range, prompt_suffix, model, controlnet,
          allow_pickle, bundle, backend, batch_size, device, cuda_graphs, shard, ray_address, actors, check, gate,
          min_bg_psnr, min_defect_strength, max_leakage, max_seam, max_attempts, dump_noise, quiet):
@@ -179,6 +185,7 @@ def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreg
     from .gate import GateConfig
     from .job import EXIT_ERROR, EXIT_INTERRUPTED, JobConfig
 
+    region_adapt = ROI_ADAPT if adapt_region == "roi" else IMAGE_ADAPT
     try:  # what the option types cannot check alone (e.g. --backend onnxruntime without --bundle)
         gen = GenerationConfig(
             object_name=object_name,
@@ -188,7 +195,8 @@ def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreg
             prompt_suffix=prompt_suffix,
             sampler=SamplerConfig(steps=steps, guidance=guidance, control_scale=control_scale, renoise=renoise),
             masks=MaskConfig(keep_thin=keep_thin, rotate=rotate, scale=scale_range, foreground=foreground_mode),
-            adapt=AdaptConfig(iters=adapt_iters, lr=adapt_lr, preservation=preservation),
+            adapt=AdaptConfig(iters=adapt_iters if adapt_iters is not None else region_adapt[0],
+                              lr=adapt_lr if adapt_lr is not None else region_adapt[1], preservation=preservation),
         )
         cfg = JobConfig(
             out=out, num=num, generation=gen, images=images, foreground=foreground,
@@ -196,6 +204,7 @@ def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreg
             model=model if model is not None or bundle is not None else "demo",
             controlnet=controlnet, allow_pickle=allow_pickle, bundle=bundle, backend=backend,
             batch_size=batch_size, device=_device(device), cuda_graphs=cuda_graphs, adapt_precision=adapt_precision,
+            adapt_region=adapt_region, adapt_margin=adapt_margin,
             category=category, dump_noise=dump_noise,
             gate=GateConfig(min_bg_psnr=min_bg_psnr, min_defect_strength=min_defect_strength, max_leakage=max_leakage,
                             max_seam=max_seam, max_attempts=max_attempts) if gate else None,

@@ -75,6 +75,7 @@ from .runtime import bundle_engines, engine_pipeline
 log = logging.getLogger("adabldm")
 FORMAT_VERSION = 1
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 3, 130
+ADAPT_REGIONS = ("roi", "image")
 DEFAULT_TEXTURES = ("brick", "gravel")  # shipped with scikit-image
 SIDE_FOLDERS = ("extra", "runs")  # beside the category folder in the run root: no category's name
 
@@ -125,6 +126,11 @@ class JobConfig:
     # Online adaptation arithmetic: "fp32" (the reference) or "bf16" autocast (fp32 weights
     # and loss; measured 2.1x cheaper at SD-1.5 size on a CPU with native bf16, -0.05 dB).
     adapt_precision: Precision = Precision.FP32
+    # Where adaptation runs (engine/adaptation.py, FastAdaptConfig.roi): "roi", the crop
+    # around M widened by ``adapt_margin`` latent cells, the OK image beyond it (measured in
+    # benchmarks/results/adaptation_cpu.md); "image": the whole image (the reference).
+    adapt_region: str = "roi"
+    adapt_margin: int = FastAdaptConfig.roi_margin
     # The category folder in ``out`` (anomalib's ``category``); None: the object name's.
     category: str | None = None
     # The quality gate (adabldm-run --gate): None, off (the bytes of the job without it).
@@ -144,6 +150,10 @@ class JobConfig:
             raise ValueError(f"--foreground-min-area {self.foreground_min_area}: expected a fraction in [0, 1)")
         if self.backend != "torch" and self.bundle is None:
             raise ValueError(f"--backend {self.backend} runs exported networks: it needs --bundle DIR")
+        if self.adapt_region not in ADAPT_REGIONS:
+            raise ValueError(f"--adapt-region {self.adapt_region}: expected one of {', '.join(ADAPT_REGIONS)}")
+        if self.adapt_margin < 0:
+            raise ValueError(f"--adapt-margin {self.adapt_margin}: expected >= 0 latent cells")
         object.__setattr__(self, "adapt_precision",
                            Precision.of(self.adapt_precision, ADAPT_PRECISIONS, "--adapt-precision"))
         if self.foreground is not None and self.images is None:
@@ -762,9 +772,12 @@ def sample_progress(report: JobReport, total: int, progress: bool, on_exit=lambd
 
 def backend_name(cfg: JobConfig) -> str:
     """'reference' (modules, no bundle) or the bundle backend, '+adapt-bf16' when adaptation
-    runs in bf16: part of the run key (it changes the images)."""
+    runs in bf16, '+adapt-roiM' on a region of interest with margin M ('+adapt-bf16-roiM'
+    both): part of the run key (they change the images)."""
     name = "reference" if cfg.bundle is None else cfg.backend
-    return name if cfg.adapt_precision == "fp32" else f"{name}+adapt-{cfg.adapt_precision}"
+    adapt = ([str(cfg.adapt_precision)] if cfg.adapt_precision != "fp32" else []) + (
+        [f"roi{cfg.adapt_margin}"] if cfg.adapt_region == "roi" else [])
+    return name + ("+adapt-" + "-".join(adapt) if adapt else "")
 
 
 def make_pipeline(cfg: JobConfig) -> tuple[Pipeline, str]:
@@ -777,14 +790,16 @@ def make_pipeline(cfg: JobConfig) -> tuple[Pipeline, str]:
     on_gpu = torch.device(device).type == "cuda"
     bf16 = cfg.adapt_precision is Precision.BF16
     # bf16 on a GPU: tensor-core convolutions want NHWC (on the CPU channels-last gained nothing with bf16)
-    fast = FastAdaptConfig(precision=cfg.adapt_precision, channels_last=bf16 and on_gpu)
+    roi = cfg.adapt_region == "roi"
+    fast = FastAdaptConfig(precision=cfg.adapt_precision, channels_last=bf16 and on_gpu, roi=roi,
+                           roi_margin=cfg.adapt_margin, roi_feather=min(FastAdaptConfig.roi_feather, 8 * cfg.adapt_margin))
     if bf16 and not on_gpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("--adapt-precision bf16 on a CPU without native bfloat16: emulated, likely slower than fp32")
     if cfg.bundle is None:
         models = load_models(cfg.model, cfg.controlnet, cfg.allow_pickle, defect=gen.defect)
         identity = models.identity()
         _to_device(models, device)
-        adapter = BatchedAdapter(models.vae, gen.adapt, fast, models.latent_scale) if bf16 else None
+        adapter = BatchedAdapter(models.vae, gen.adapt, fast, models.latent_scale) if bf16 or roi else None
         return reference_pipeline(models, gen, device, adapter), identity
     bundle = Bundle.open(cfg.bundle)
     bundle.check(resolution=gen.resolution)

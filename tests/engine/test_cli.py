@@ -81,14 +81,15 @@ def test_option_defaults_are_the_configuration_defaults():
     expected = {
         "object_name": gen.object_name, "defect": gen.defect, "seed": gen.seed, "resolution": gen.resolution,
         "prompt_suffix": gen.prompt_suffix, "steps": sampler.steps, "guidance": sampler.guidance,
-        "control_scale": sampler.control_scale, "renoise": sampler.renoise, "adapt_iters": adapt.iters,
-        "adapt_lr": adapt.lr, "preservation": adapt.preservation, "rotate": masks.rotate,
+        "control_scale": sampler.control_scale, "renoise": sampler.renoise, "adapt_iters": None,
+        "adapt_lr": None, "preservation": adapt.preservation, "rotate": masks.rotate,
         "foreground_mode": masks.foreground, "keep_thin": masks.keep_thin,
         "foreground_min_area": job.JobConfig.foreground_min_area, "batch_size": job.JobConfig.batch_size,
         "backend": job.JobConfig.backend, "adapt_precision": str(job.JobConfig.adapt_precision),
         "cuda_graphs": job.JobConfig.cuda_graphs, "allow_pickle": job.JobConfig.allow_pickle,
         "min_bg_psnr": GateConfig.min_bg_psnr, "min_defect_strength": GateConfig.min_defect_strength,
         "max_attempts": GateConfig.max_attempts, "gate": False,
+        "adapt_region": job.JobConfig.adapt_region, "adapt_margin": job.JobConfig.adapt_margin,
     }
     assert GateConfig.max_leakage is None and GateConfig.max_seam is None  # the options' "not checked"
     ctx = click.Context(main)
@@ -99,6 +100,10 @@ def test_option_defaults_are_the_configuration_defaults():
     assert cli.KINDS == KINDS and cli.BACKENDS == BACKENDS and cli.FOREGROUND_MIN_AREA == FOREGROUND_MIN_AREA
     params = {p.name: p for p in main.params}
     assert list(params["adapt_precision"].type.choices) == choices(ADAPT_PRECISIONS) == list(cli.ADAPT_PRECISIONS)
+    assert tuple(params["adapt_region"].type.choices) == job.ADAPT_REGIONS
+    from adabldm_engine.adaptation import ROI_ADAPT
+
+    assert cli.ROI_ADAPT == ROI_ADAPT and cli.IMAGE_ADAPT == (adapt.iters, adapt.lr)  # per-region defaults
 
 
 def test_help_and_usage_errors_import_nothing_heavy(tmp_path):
@@ -212,14 +217,14 @@ def test_bf16_adaptation_is_a_run_of_its_own_close_to_fp32(run_cli, tmp_path, ti
     assert run_cli("--batch", "--out", fp32, "--num", 1, *tiny_args).exit_code == 0
     result = run_cli("--batch", "--out", bf16, "--num", 1, *tiny_args, "--adapt-precision", "bf16")
     assert result.exit_code == 0, result.output
-    assert json.loads((bf16 / "runs" / "defect.json").read_text())["backend"] == "reference+adapt-bf16"
+    assert json.loads((bf16 / "runs" / "defect.json").read_text())["backend"] == "reference+adapt-bf16-roi4"
     a, b = (np.asarray(Image.open(d / "texture" / "test" / "defect" / "0000.png"), dtype=np.float64) for d in (fp32, bf16))
     psnr = 10 * np.log10(255.0**2 / max(np.mean((a - b) ** 2), 1e-12))
     assert 30.0 < psnr < 200.0  # bf16 changes the last bits of the adapted image, not the image
     blended = [(d / "extra" / "defect" / "0000_blended.png").read_bytes() for d in (fp32, bf16)]
     assert blended[0] == blended[1]  # only adaptation runs in bf16
     mixed = run_cli("--batch", "--out", fp32, "--num", 1, *tiny_args, "--adapt-precision", "bf16")
-    assert mixed.exit_code == 1 and "backend: reference there, reference+adapt-bf16 now" in mixed.output
+    assert mixed.exit_code == 1 and "backend: reference+adapt-roi4 there, reference+adapt-bf16-roi4 now" in mixed.output
 
 
 def test_second_run_on_a_busy_out_exits_1_naming_the_first(run_cli, tmp_path, tiny_args):
