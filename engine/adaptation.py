@@ -41,13 +41,11 @@ Params = dict[str, torch.Tensor]
 class FastAdaptConfig:
     """Shortcuts over the reference adaptation; :meth:`reference` switches all of them off.
 
-    The defaults are what benchmarks/bench_adaptation.py chose (its ``choose_default``:
-    the cheapest variant within 0.5 dB background PSNR and >= 35 dB defect PSNR of the
-    reference, else the cheapest exact configuration); measurements in
-    benchmarks/results/adaptation_cpu.md (tiny decoder pre-trained as an autoencoder) and
-    adaptation_cpu_random.md (random tiny decoder). On the CPU no shortcut kept the
-    reference's quality on either, so the default computes the reference's result; every
-    shortcut is opt-in.
+    The defaults compute the reference's arithmetic; adabldm-run turns ``roi`` on with
+    ROI_ADAPT's steps and rate, which benchmarks/bench_adaptation.py chose on the demo
+    decoder (results/adaptation_cpu.md: 29x fewer FLOPs at SD-1.5 size, background -0.3 dB
+    and defect +0.1 dB against the reference's 200 whole-image steps). The other
+    shortcuts are opt-in; their figures below are from earlier runs on a tiny decoder.
     """
 
     # First decoder stage that trains (a name from decoder_stage_names(), or a prefix of
