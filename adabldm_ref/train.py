@@ -452,8 +452,10 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None
     bar.close()
     history = read_losses(run)
     final = history[-1][1] if history else None
-    if start < cfg.steps or not run.controlnet.exists():
-        save_controlnet(run, trainer.controlnet)
+    # Always (atomic; a finished run rewrites the same bytes): a run extended to more steps
+    # and stopped right after its last checkpoint resumes at start == steps, and the
+    # ControlNet there is still the shorter run's.
+    save_controlnet(run, trainer.controlnet)
     write_png(run.loss_plot, loss_plot(history))
     write_record(run, record, cfg.steps, cfg.steps, final, "done", history)
     return TrainReport(run.root, cfg.steps, start, final, json.loads(run.record.read_text()))

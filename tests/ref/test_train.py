@@ -204,6 +204,23 @@ def test_more_steps_continue_and_other_settings_are_refused(trained, data_dir, t
         train(dataclasses.replace(cfg, out=tmp_path / "stranger"), progress=False)
 
 
+def test_an_extended_run_stopped_at_its_last_checkpoint_writes_that_controlnet(trained, tmp_path):
+    cfg, report = trained
+    run = tmp_path / "extended"
+    shutil.copytree(report.out, run)
+
+    def kill(step: int) -> None:
+        if step == 8:  # after step 8's checkpoint, before the end of a 10-step run
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(cfg, out=run, steps=10), progress=False, on_step=kill)
+    assert train(dataclasses.replace(cfg, out=run, steps=8), progress=False).start == 8
+    straight = train(dataclasses.replace(cfg, out=tmp_path / "straight", steps=8), progress=False)
+    a, b = weights(straight.out), weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # step 8's weights, not the 6-step run's
+
+
 # ---------------------------------------------------------------------------------------
 # The recipe
 
