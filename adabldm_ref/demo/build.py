@@ -128,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-batch", type=int, default=VaeRecipe.batch)
     p.add_argument("--unet-steps", type=int, default=UnetRecipe.steps)
     p.add_argument("--unet-batch", type=int, default=UnetRecipe.batch)
-    p.add_argument("--cn-steps", type=int, default=400, help="adabldm-train --steps per defect type")
+    p.add_argument("--cn-steps", type=int, default=800, help="adabldm-train --steps per defect type")
     p.add_argument("--cn-batch", type=int, default=2)
     p.add_argument("--cn-lr", type=float, default=5e-4, help="adabldm-train --lr (the authors' 1e-5 needs ~30k steps)")
     p.add_argument("--cn-resolution", type=int, default=256, help="adabldm-train --resolution")
