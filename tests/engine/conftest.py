@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from adabldm_engine.adaptation import ROI_ADAPT
 from adabldm_engine.job import JobConfig, run_job
 from PIL import Image
 
@@ -41,7 +42,9 @@ def tiny_generation(resolution=TINY["resolution"], steps=TINY["steps"], adapt_it
     return GenerationConfig(
         resolution=resolution,
         sampler=SamplerConfig(steps=steps),
-        adapt=AdaptConfig(iters=adapt_iters),
+        # the command line's rate with its default --adapt-region roi (cli.ROI_ADAPT), so that
+        # jobs made here and by `adabldm-run ... --adapt-iters N` are the same run
+        adapt=AdaptConfig(iters=adapt_iters, lr=ROI_ADAPT[1]),
         **kw,
     )
 

@@ -67,9 +67,10 @@ def test_reference_values_of_every_option():
     ref = FastAdaptConfig.reference()
     assert (ref.trainable, ref.cache_frozen, ref.iters, ref.lr) == ("all", False, None, None)
     assert (ref.early_stop_tol, ref.batching, ref.precision, ref.channels_last) == (0.0, "loop", "fp32", False)
+    assert ref.roi is False  # roi_margin and roi_feather only act with roi
     assert {f.name for f in dataclasses.fields(FastAdaptConfig)} == {
         "trainable", "cache_frozen", "iters", "lr", "early_stop_tol", "patience", "batching", "precision",
-        "channels_last",
+        "channels_last", "roi", "roi_margin", "roi_feather",
     }
 
 
