@@ -31,7 +31,7 @@ def test_batch_job_over_a_bundle(bundle_dir, tmp_path, backend):
         assert set(np.unique(mask)) == {0, 255}
         assert (out / "texture" / "test" / "defect" / f"{i:04d}.png").is_file()
     record = json.loads((out / "runs" / "defect.json").read_text())
-    assert record["backend"] == backend and record["bundle"] == str(bundle_dir)
+    assert record["backend"] == f"{backend}+adapt-roi4" and record["bundle"] == str(bundle_dir)
     again = run("--bundle", bundle_dir, "--backend", backend, "--out", out)
     assert again.exit_code == 0 and "0 new, 2 resumed" in again.output
 
