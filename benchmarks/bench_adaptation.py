@@ -32,17 +32,36 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from adabldm_core.metrics import masked_psnr, seam_score
-from adabldm_engine.adaptation import FastAdaptConfig, adapt_batch, per_sample_loss, roi_box
-from common import RESULTS, clock, finish, header_lines, sd_size_vae, start, write_report
+from adabldm_engine.adaptation import (
+    FastAdaptConfig,
+    adapt_batch,
+    per_sample_loss,
+    roi_box,
+)
+from common import (
+    RESULTS,
+    clock,
+    finish,
+    header_lines,
+    sd_size_vae,
+    start,
+    write_report,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
 from adabldm_ref.adaptation import adapt_decoder
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.models import load_models
-from adabldm_ref.pipeline import OkImage, ProceduralMasks, plan_sample, prepare_ok_image, reference_pipeline, to_uint8
+from adabldm_ref.pipeline import (
+    OkImage,
+    ProceduralMasks,
+    plan_sample,
+    prepare_ok_image,
+    reference_pipeline,
+    to_uint8,
+)
 
 GOAL = dict(speedup=10.0, bg_drop_db=0.5, defect_drop_db=0.5)
 WHOLE = FastAdaptConfig()  # whole image, the reference's arithmetic (cache_frozen has nothing to cache)

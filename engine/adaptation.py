@@ -500,11 +500,10 @@ def adapt_roi(vae, z_star, x_fg, x_ok, mask, adapt_cfg: AdaptConfig, fast: FastA
             continue
         ly, lx = box.latent()
         py, px = box.pixels()
-        crop = lambda t: t[b : b + 1, :, py, px]  # noqa: E731
-        r = adapt_batch(vae, z_star[b : b + 1, :, ly, lx], crop(x_fg), crop(x_ok), crop(mask), adapt_cfg,
-                        crop_fast, latent_scale, callback)
+        fg, ok, m = (t[b : b + 1, :, py, px] for t in (x_fg, x_ok, mask))
+        r = adapt_batch(vae, z_star[b : b + 1, :, ly, lx], fg, ok, m, adapt_cfg, crop_fast, latent_scale, callback)
         w = feather_weight(box, height, width, fast.roi_feather).to(x_ok.device)
-        images[b : b + 1, :, py, px] = w * r.images + (1 - w) * crop(x_ok)
+        images[b : b + 1, :, py, px] = w * r.images + (1 - w) * ok
         steps[b] = r.steps[0]
     with torch.no_grad():
         first = per_sample_loss(x_fg, x_fg, x_ok, mask, adapt_cfg.preservation)

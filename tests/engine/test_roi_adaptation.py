@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adabldm_engine.adaptation import FastAdaptConfig, LatentBox, adapt_batch, feather_weight, roi_box
+from adabldm_engine.adaptation import (
+    FastAdaptConfig,
+    LatentBox,
+    adapt_batch,
+    feather_weight,
+    roi_box,
+)
 
 from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
 from adabldm_ref.pipeline import ProceduralMasks, plan_sample, reference_pipeline
