@@ -129,6 +129,28 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 # Stage 1: the VAE
 
 
+def cosine_to_tenth(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The rate falls from lr to lr / 10 along half a cosine over ``steps`` (both demo stages)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+
+def update(loss: torch.Tensor, opt, sched, clip=None) -> float:
+    """One optimiser step on ``loss`` (gradient norm clipped to 1 over ``clip`` if given); its value."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def log_progress(log, stage: str, step: int, steps: int, losses: list[float], t0: float) -> None:
+    """Every 100 steps and at the last: the mean loss of the last 100 and the seconds so far."""
+    if step % 100 == 0 or step == steps - 1:
+        log(f"{stage} step {step}/{steps} loss {np.mean(losses[-100:]):.5f} ({time.perf_counter() - t0:.0f} s)")
+
+
 @dataclass(frozen=True)
 class VaeRecipe:
     steps: int = 1200
@@ -144,20 +166,15 @@ def train_vae(vae: AutoencoderKL, train: torch.Tensor, held_out: torch.Tensor, r
     g = torch.Generator().manual_seed(seed)
     vae.train().requires_grad_(True)
     opt = torch.optim.Adam(vae.parameters(), lr=recipe.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / recipe.steps)))
+    sched = cosine_to_tenth(opt, recipe.steps)
     t0, losses = time.perf_counter(), []
     for step in range(recipe.steps):
         x = random_crops(train, recipe.batch, recipe.crop, g)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         loss = F.mse_loss(vae.decode(z).sample, x) + recipe.kl_weight * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == recipe.steps - 1:
-            log(f"vae step {step}/{recipe.steps} loss {np.mean(losses[-100:]):.5f} ({time.perf_counter() - t0:.0f} s)")
+        losses.append(update(loss, opt, sched))
+        log_progress(log, "vae", step, recipe.steps, losses, t0)
     vae.eval().requires_grad_(False)
     val = validation_crops(held_out)
     with torch.no_grad():
@@ -205,7 +222,7 @@ def train_unet(models: Models, latents: torch.Tensor, recipe: UnetRecipe, seed: 
     abar = torch.cumprod(1 - alphas, 0)
     unet = models.unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / recipe.steps)))
+    sched = cosine_to_tenth(opt, recipe.steps)
     c, t0, losses = recipe.latent_crop, time.perf_counter(), []
     n_tex, n_rot, _, h, w = latents.shape
     for step in range(recipe.steps):
@@ -225,14 +242,8 @@ def train_unet(models: Models, latents: torch.Tensor, recipe: UnetRecipe, seed: 
         ab = abar[t].view(-1, 1, 1, 1)
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         loss = F.mse_loss(unet(zt, t, encoder_hidden_states=emb[which]).sample, noise)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == recipe.steps - 1:
-            log(f"unet step {step}/{recipe.steps} loss {np.mean(losses[-100:]):.5f} ({time.perf_counter() - t0:.0f} s)")
+        losses.append(update(loss, opt, sched, clip=unet.parameters()))
+        log_progress(log, "unet", step, recipe.steps, losses, t0)
     unet.eval().requires_grad_(False)
     return {"seconds": round(time.perf_counter() - t0, 1), "final_loss": float(np.mean(losses[-100:]))}
 
