@@ -367,9 +367,9 @@ def adapt_batch(
     after each update with the losses (A,) of the A samples that took it.
     """
     check_inputs(z_star, x_fg, x_ok, mask)
-    if fast.roi and (adapt_cfg.iters if fast.iters is None else fast.iters) > 0:  # 0: off, the output is D(z*)
-        return adapt_roi(vae, z_star, x_fg, x_ok, mask, adapt_cfg, fast, latent_scale, callback)
     iters = adapt_cfg.iters if fast.iters is None else fast.iters
+    if fast.roi and iters > 0:  # 0: off, the output is D(z*)
+        return adapt_roi(vae, z_star, x_fg, x_ok, mask, adapt_cfg, fast, latent_scale, callback)
     lr = adapt_cfg.lr if fast.lr is None else fast.lr
     head, tail = split_decoder(vae.decoder, fast.trainable)
     amp = torch.autocast(z_star.device.type, torch.bfloat16, enabled=fast.precision is Precision.BF16)
@@ -456,7 +456,7 @@ def roi_box(mask: torch.Tensor, margin: int, stride: int = LATENT_STRIDE) -> Lat
     if rows.numel() == 0:
         return None
     h, w = mask.shape[0] // stride, mask.shape[1] // stride
-    up = lambda px: -(-px // stride)  # noqa: E731  (ceil: the cell of the last pixel, exclusive)
+    up = lambda px: -(-px // stride)  # ceil: the cell after the last pixel
     return LatentBox(
         max(int(rows[0]) // stride - margin, 0), min(up(int(rows[-1]) + 1) + margin, h),
         max(int(cols[0]) // stride - margin, 0), min(up(int(cols[-1]) + 1) + margin, w),

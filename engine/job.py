@@ -46,7 +46,7 @@ from adabldm_engine.bundle import Bundle
 from PIL import Image
 from tqdm import tqdm
 
-from adabldm_ref.config import GenerationConfig
+from adabldm_ref.config import LATENT_STRIDE, GenerationConfig
 from adabldm_ref.masks import (
     FOREGROUND_MIN_AREA,
     PlacementError,
@@ -792,7 +792,7 @@ def make_pipeline(cfg: JobConfig) -> tuple[Pipeline, str]:
     # bf16 on a GPU: tensor-core convolutions want NHWC (on the CPU channels-last gained nothing with bf16)
     roi = cfg.adapt_region == "roi"
     fast = FastAdaptConfig(precision=cfg.adapt_precision, channels_last=bf16 and on_gpu, roi=roi,
-                           roi_margin=cfg.adapt_margin, roi_feather=min(FastAdaptConfig.roi_feather, 8 * cfg.adapt_margin))
+                           roi_margin=cfg.adapt_margin, roi_feather=min(FastAdaptConfig.roi_feather, LATENT_STRIDE * cfg.adapt_margin))
     if bf16 and not on_gpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("--adapt-precision bf16 on a CPU without native bfloat16: emulated, likely slower than fp32")
     if cfg.bundle is None:
