@@ -16,8 +16,9 @@ from adabldm_core.specs import NetworkSpec
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
 # torch: the reference modules; onnxruntime: the bundle's graphs (CPU, or CUDA with
 # onnxruntime-gpu); torch-cuda / torch-compile: the modules in FP16 on the GPU, eager or
-# compiled (engine/cuda_backend.py); tensorrt: the bundle's engines (engine/trt_backend.py).
-BACKENDS = ("torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt")
+# compiled (engine/cuda_backend.py); tensorrt: the bundle's engines (engine/trt_backend.py);
+# openvino: the bundle's graphs on OpenVINO's CPU plugin, as adabldm-native runs them.
+BACKENDS = ("torch", "onnxruntime", "openvino", "torch-cuda", "torch-compile", "tensorrt")
 
 
 class BackendError(ValueError):
@@ -188,6 +189,56 @@ def _bind(bind, name: str, x: torch.Tensor) -> None:
     device = "cuda" if x.is_cuda else "cpu"
     index = (x.device.index or 0) if x.is_cuda else 0
     bind(name, device, index, np_dtype, list(x.shape), x.data_ptr())
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO's CPU plugin over an exported graph (``pip install 'adabldm[native]'``).
+
+    The same settings as adabldm-native's OpenVINO network (native/src/openvino_network.cpp):
+    FP32 inference forced (the plugin would run bf16 on CPUs that have it), the latency hint,
+    and the graph reshaped to the static shapes of the feed, one compiled model per batch,
+    so that the Python runtime and the native runner run the same kernels."""
+
+    def __init__(self, spec: NetworkSpec, path: str | Path, device: str = "cpu", threads: int | None = None):
+        super().__init__(spec)
+        if torch.device(device).type != "cpu":
+            raise BackendError(f"the openvino backend runs on the CPU, not {device!r}")
+        self.path, self.threads = Path(path), threads
+        self.core = self.model = None
+        self._requests: dict[int, object] = {}
+
+    def _activate(self):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise BackendError("the openvino backend needs `pip install 'adabldm[native]'` (the openvino wheel)") from exc
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(self.path))
+        got = [p.get_any_name() for p in self.model.inputs]
+        if got != self.spec.input_names:
+            raise BackendError(f"{self.path}: graph inputs {got}, expected {self.spec.input_names}")
+
+    def _deactivate(self):
+        self.core = self.model = None
+        self._requests.clear()
+
+    def _request(self, batch: int):
+        """The infer request of the graph compiled at this batch (symbolic dims bound)."""
+        if batch not in self._requests:
+            import openvino as ov
+
+            model = self.model.clone()
+            model.reshape({t.name: ov.PartialShape(list(t.concrete(batch))) for t in self.spec.inputs})
+            config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+            if self.threads:
+                config["INFERENCE_NUM_THREADS"] = int(self.threads)
+            self._requests[batch] = self.core.compile_model(model, "CPU", config).create_infer_request()
+        return self._requests[batch]
+
+    def _infer(self, feed, batch):
+        request = self._request(batch)
+        request.infer({t.name: feed[t.name].detach().contiguous().numpy() for t in self.spec.inputs})
+        return {t.name: torch.from_numpy(request.get_tensor(t.name).data.copy()) for t in self.spec.outputs}
 
 
 def activated(engines: Mapping[str, Backend]) -> dict[str, Backend]:

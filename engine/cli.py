@@ -22,7 +22,7 @@ from .gate import (
 
 KINDS = ("blob", "scratch", "crack")  # adabldm_ref.procedural.KINDS
 ADAPT_PRECISIONS = ("fp32", "bf16")  # adabldm_core.precision.choices(ADAPT_PRECISIONS); that module imports torch
-BACKENDS = ("torch", "onnxruntime", "torch-cuda", "torch-compile", "tensorrt")  # adabldm_engine.backends
+BACKENDS = ("torch", "onnxruntime", "openvino", "torch-cuda", "torch-compile", "tensorrt")  # adabldm_engine.backends
 FOREGROUND_MIN_AREA = 0.005  # adabldm_ref.masks.FOREGROUND_MIN_AREA
 # (iters, lr) of each --adapt-region: adabldm_engine.adaptation.ROI_ADAPT (measured,
 # benchmarks/results/adaptation_cpu.md) and the reference's AdaptConfig (iters, lr).
@@ -133,7 +133,7 @@ def _device(value: str) -> str:
 @click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--bundle", type=click.Path(path_type=Path), help="Bundle of exported networks (adabldm-export). [default: reference modules]")
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime of the bundle's networks: torch (the reference modules, checked against the bundle), onnxruntime, torch-cuda / torch-compile (FP16 on the GPU, eager / compiled), tensorrt (adabldm-export --trt).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True, help="Runtime of the bundle's networks: torch (the reference modules, checked against the bundle), onnxruntime, openvino (CPU; the native runner's runtime, pip install 'adabldm[native]'), torch-cuda / torch-compile (FP16 on the GPU, eager / compiled), tensorrt (adabldm-export --trt).")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Samples per diffusion batch (CFG runs 2x this); a resume keeps it.")
 @click.option("--device", default="auto", show_default=True, callback=_device_name, help="cpu, cuda, cuda:N or auto.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True, help="With --device cuda and --backend tensorrt, torch-cuda or torch-compile: replay each denoising step from one CUDA graph (not yet run on a GPU).")

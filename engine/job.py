@@ -119,7 +119,7 @@ class JobConfig:
     device: str = "cpu"
     contact_rows: int = 16
     bundle: Path | None = None  # exported networks (adabldm-export); None: reference modules
-    backend: str = "torch"  # with a bundle: "onnxruntime" or "torch" (the reference modules)
+    backend: str = "torch"  # with a bundle: "onnxruntime", "openvino" or "torch" (the reference modules)
     # On CUDA, replay each denoising step from one CUDA graph where the UNet+ControlNet
     # backend allows it (tensorrt, torch-cuda, torch-compile); False: the plain loop.
     cuda_graphs: bool = True

@@ -20,7 +20,7 @@ from adabldm_ref.pipeline import Pipeline, SchedulerStepper, cfg_contexts
 from adabldm_ref.sampler import ddim_schedule, guide, stepped_scheduler
 
 from .adaptation import BatchedAdapter, FastAdaptConfig
-from .backends import BACKENDS, Backend, BackendError, OrtBackend, TorchBackend
+from .backends import BACKENDS, Backend, BackendError, OpenVinoBackend, OrtBackend, TorchBackend
 from .cuda_backend import TorchCudaConfig, torch_cuda_engines
 from .graphed import StaticStepper
 from .trt_backend import trt_engines
@@ -192,7 +192,7 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
     'torch' runs the reference modules of ``models``, which must be the model the bundle
     was exported from (checked by weight identity); 'torch-cuda'/'torch-compile' run the
     same modules in FP16 on a CUDA device (the built-in tiny model needs no ``models``);
-    'onnxruntime' and 'tensorrt' run the bundle's graphs / engines.
+    'onnxruntime', 'openvino' (CPU) and 'tensorrt' run the bundle's graphs / engines.
     """
 
 
@@ -210,8 +210,9 @@ def bundle_engines(bundle, backend: str, device: str = "cpu", models: Models | N
 
         engines: dict[str, Backend] = dict(trt_engines(bundle, device))
     else:
+        runtime = OpenVinoBackend if backend == "openvino" else OrtBackend
         names = list(bundle.manifest["networks"])
-        engines = {n: OrtBackend(bundle.spec(n), bundle.graph(n), device, threads) for n in names}
+        engines = {n: runtime(bundle.spec(n), bundle.graph(n), device, threads) for n in names}
     if "unet_control" not in engines:
         cn, unet = engines.pop("controlnet"), engines.pop("unet")
         folded = NetworkSpec("unet_control", unet.spec.inputs[:3] + cn.spec.inputs[2:], unet.spec.outputs)

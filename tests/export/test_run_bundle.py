@@ -1,6 +1,7 @@
 """`adabldm-run --batch --bundle B --backend ...`: the batch job over exported networks."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -18,8 +19,10 @@ def run(*args):
     return CliRunner().invoke(run_main, [*ARGS, *map(str, args)], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
 def test_batch_job_over_a_bundle(bundle_dir, tmp_path, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino")
     out = tmp_path / backend
     result = run("--bundle", bundle_dir, "--backend", backend, "--out", out)
     assert result.exit_code == 0, result.output
@@ -38,12 +41,14 @@ def test_batch_job_over_a_bundle(bundle_dir, tmp_path, backend):
 
 def test_bundle_runs_match_reference_runs(bundle_dir, tmp_path):
     assert run("--out", tmp_path / "ref").exit_code == 0
-    assert run("--bundle", bundle_dir, "--backend", "onnxruntime", "--out", tmp_path / "ort").exit_code == 0
-    for i in range(2):
-        a = np.asarray(Image.open(tmp_path / "ref" / "texture" / "test" / "defect" / f"{i:04d}.png")).astype(float)
-        b = np.asarray(Image.open(tmp_path / "ort" / "texture" / "test" / "defect" / f"{i:04d}.png")).astype(float)
-        db = psnr(a, b)
-        assert db >= 40.0, db
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for backend in backends:
+        assert run("--bundle", bundle_dir, "--backend", backend, "--out", tmp_path / backend).exit_code == 0
+        for i in range(2):
+            a = np.asarray(Image.open(tmp_path / "ref" / "texture" / "test" / "defect" / f"{i:04d}.png")).astype(float)
+            b = np.asarray(Image.open(tmp_path / backend / "texture" / "test" / "defect" / f"{i:04d}.png")).astype(float)
+            db = psnr(a, b)
+            assert db >= 40.0, (backend, db)
 
 
 def test_switching_backend_on_an_existing_run_is_refused(bundle_dir, tmp_path):

@@ -98,33 +98,90 @@ def test_noise_draws_counts_each_stage():
 
 
 # ---------------------------------------------------------------------------------------
-# Parity with the Python runtime over ONNX Runtime
+# Parity with the Python runtime, on the shipped demo model at the default 50 steps
+#
+# On the trained demo model two runtimes' fp32 kernels end 2e-6 apart (rel. L2 of the final
+# latent). The random tiny model is no measure of that: its 50-step blended sampler is
+# chaotic (the five pixel-stage steps multiply a 1e-7 difference about 5x each), so the tiny
+# model's parity runs at 10 steps, one pixel step.
 
 
 @pytest.fixture(scope="module")
-def python_run(bundle_dir, textures, tmp_path_factory):
-    """One sample through the Python runtime (onnxruntime) and its dumped native inputs."""
+def demo_bundle(tmp_path_factory) -> Path:
+    """The demo model (crack ControlNet) exported at 256 px, batch 1."""
+    from adabldm_export.bundle import ExportConfig, export_bundle
+
+    from adabldm_ref.demo import load_demo
+
+    out = tmp_path_factory.mktemp("demo_bundle")
+    export_bundle(load_demo(), ExportConfig(out=out, batch_sizes=(1,), capture_steps=4, force=True))
+    return out
+
+
+def python_sample(bundle_dir: Path, backend: str, gen: GenerationConfig, plan, folder: Path | None = None) -> dict:
+    """One sample through the Python runtime on ``backend`` (and its native inputs in ``folder``)."""
     bundle = Bundle.open(bundle_dir)
-    gen = gen_config(bundle.resolution)
-    plan = plan_sample(0, gen, textures, ProceduralMasks())
-    engines = bundle_engines(bundle, "onnxruntime")
+    engines = bundle_engines(bundle, backend)
     with engine_pipeline(engines, bundle.tokenizer(), bundle.adapt_vae(), bundle.manifest["latent_scale"], gen) as p:
-        folder = write_native_inputs(tmp_path_factory.mktemp("native") / "0000", plan, gen, p.denoiser.embeddings,
-                                     bundle.identity)
+        if folder is not None:
+            write_native_inputs(folder, plan, gen, p.denoiser.embeddings, bundle.identity)
         z, _, _ = p.diffuse([plan])
         blended = to_uint8(p.codec.decode(z))
     return {"folder": folder, "z": z.numpy(), "blended": blended, "plan": plan}
 
 
-@pytest.mark.slow
-def test_native_matches_the_python_runtime(native, bundle_dir, python_run, tmp_path):
-    assert sorted(p.name for p in python_run["folder"].iterdir()) == sorted(FILES)
-    result = run_native(native, "--bundle", bundle_dir, "--sample", python_run["folder"], "--out", tmp_path)
+@pytest.fixture(scope="module")
+def demo_run(demo_bundle, textures, tmp_path_factory) -> dict:
+    """The demo model's sample through the Python runtime on ONNX Runtime, default sampler."""
+    gen = GenerationConfig(resolution=256, seed=3, adapt=AdaptConfig(iters=0))
+    plan = plan_sample(0, gen, textures, ProceduralMasks())
+    return python_sample(demo_bundle, "onnxruntime", gen, plan, tmp_path_factory.mktemp("demo") / "0000")
+
+
+@pytest.fixture(scope="module")
+def python_run(bundle_dir, textures, tmp_path_factory) -> dict:
+    """The tiny model's sample (10 steps) through the Python runtime on ONNX Runtime."""
+    gen = gen_config(Bundle.open(bundle_dir).resolution)
+    plan = plan_sample(0, gen, textures, ProceduralMasks())
+    return python_sample(bundle_dir, "onnxruntime", gen, plan, tmp_path_factory.mktemp("native") / "0000")
+
+
+def native_sample(native: Path, bundle_dir: Path, folder: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    result = run_native(native, "--bundle", bundle_dir, "--sample", folder, "--out", out)
     assert result.returncode == 0, result.stderr
-    z = np.load(tmp_path / "latent.npy")
+    return np.load(out / "latent.npy"), np.asarray(Image.open(out / "blended.png"))
+
+
+@pytest.mark.slow
+def test_native_matches_the_python_runtime_on_the_demo_model(native, demo_bundle, demo_run, tmp_path):
+    """The issue's criterion at the defaults a user runs: 50 steps, every stage, 256 px."""
+    assert sorted(p.name for p in demo_run["folder"].iterdir()) == sorted(FILES)
+    z, blended = native_sample(native, demo_bundle, demo_run["folder"], tmp_path)
+    assert z.shape == demo_run["z"].shape == (1, 4, 32, 32)
+    assert rel_l2(z, demo_run["z"]) < 1e-4
+    assert psnr(blended, demo_run["blended"]) >= 40.0
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["noise"] == "tape" and record["noise_draws"] == noise_draws(SamplerConfig()) == 31
+
+
+@pytest.mark.slow
+def test_native_matches_the_python_runtime_on_openvino(native, demo_bundle, demo_run, tmp_path):
+    """Like for like: the Python runtime on OpenVINO runs the runner's kernels, so what is
+    left between the two is the glue (DDIM table, blends, noise): rel. L2 measured 1.0e-6."""
+    pytest.importorskip("openvino")
+    ov = python_sample(demo_bundle, "openvino", GenerationConfig(resolution=256, seed=3, adapt=AdaptConfig(iters=0)),
+                       demo_run["plan"])
+    z, blended = native_sample(native, demo_bundle, demo_run["folder"], tmp_path)
+    assert rel_l2(z, ov["z"]) < 1e-5
+    assert psnr(blended, ov["blended"]) >= 60.0
+
+
+@pytest.mark.slow
+def test_native_matches_the_python_runtime_on_the_tiny_model(native, bundle_dir, python_run, tmp_path):
+    assert sorted(p.name for p in python_run["folder"].iterdir()) == sorted(FILES)
+    z, blended = native_sample(native, bundle_dir, python_run["folder"], tmp_path)
     assert z.shape == python_run["z"].shape
     assert rel_l2(z, python_run["z"]) < 1e-4
-    blended = np.asarray(Image.open(tmp_path / "blended.png"))
     assert psnr(blended, python_run["blended"]) >= 40.0
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["noise"] == "tape" and record["noise_draws"] == noise_draws(SamplerConfig(steps=STEPS))
