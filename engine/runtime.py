@@ -20,7 +20,14 @@ from adabldm_ref.pipeline import Pipeline, SchedulerStepper, cfg_contexts
 from adabldm_ref.sampler import ddim_schedule, guide, stepped_scheduler
 
 from .adaptation import BatchedAdapter, FastAdaptConfig
-from .backends import BACKENDS, Backend, BackendError, OpenVinoBackend, OrtBackend, TorchBackend
+from .backends import (
+    BACKENDS,
+    Backend,
+    BackendError,
+    OpenVinoBackend,
+    OrtBackend,
+    TorchBackend,
+)
 from .cuda_backend import TorchCudaConfig, torch_cuda_engines
 from .graphed import StaticStepper
 from .trt_backend import trt_engines

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from adabldm_core.specs import random_inputs
-from adabldm_engine.backends import BackendError, OpenVinoBackend, OrtBackend, TorchBackend
+from adabldm_engine.backends import (
+    BackendError,
+    OpenVinoBackend,
+    OrtBackend,
+    TorchBackend,
+)
 from adabldm_engine.bundle import Bundle
 from adabldm_export.validate import agreement
 

@@ -20,11 +20,17 @@ from adabldm_engine.bundle import Bundle
 from adabldm_engine.cli import main as run_main
 from adabldm_engine.native import FILES, noise_draws, noise_tape, write_native_inputs
 from adabldm_engine.runtime import bundle_engines, engine_pipeline
-from adabldm_ref import sampler as sampler_module
-from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
-from adabldm_ref.pipeline import ProceduralMasks, plan_sample, reference_pipeline, to_uint8
 from click.testing import CliRunner
 from PIL import Image
+
+from adabldm_ref import sampler as sampler_module
+from adabldm_ref.config import AdaptConfig, GenerationConfig, SamplerConfig
+from adabldm_ref.pipeline import (
+    ProceduralMasks,
+    plan_sample,
+    reference_pipeline,
+    to_uint8,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 10  # stage windows 5..9 and 9..: every stage and both blends run
