@@ -108,12 +108,25 @@ def command(script: str, argv: Sequence[str] | None = None) -> str:
     return " ".join(["python", f"benchmarks/{Path(script).name}", *(shlex.quote(str(a)) for a in args)])
 
 
+def versions() -> dict[str, str]:
+    """The bundle's tool versions, and OpenVINO's where installed (read from its metadata:
+    importing it costs a second)."""
+    from importlib import metadata
+
+    out = tool_versions()
+    try:
+        out["openvino"] = metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        pass
+    return out
+
+
 def start(script: str, argv: Sequence[str] | None = None, device: str | torch.device = "cpu") -> dict:
     """A run's record as it starts: date, machine, tool versions (torch, diffusers,
     transformers, onnx, onnxruntime, python, tensorrt where installed), command, load
     average. The script adds its settings and results to it."""
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": machine(device), "versions": tool_versions(), "command": command(script, argv),
+            "machine": machine(device), "versions": versions(), "command": command(script, argv),
             "load_average_start": os.getloadavg()[0]}
 
 
