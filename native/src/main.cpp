@@ -3,6 +3,7 @@
 // expected). Adaptation (stage 4) stays in the Python runtime.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -95,10 +96,10 @@ double to_number(const std::string& key, const std::string& v) {
   try {
     size_t used = 0;
     const double x = std::stod(v, &used);
-    if (used == v.size()) return x;
+    if (used == v.size() && std::isfinite(x)) return x;
   } catch (const std::exception&) {
   }
-  throw UsageError("--" + key + " '" + v + "': expected a number");
+  throw UsageError("--" + key + " '" + v + "': expected a finite number");
 }
 
 int to_int(const std::string& key, const std::string& v, int lo) {
@@ -114,27 +115,34 @@ struct Settings {
   std::string identity;  // the model the embeddings came from ("" if unknown)
 };
 
+void read_sample_json(const nlohmann::json& j, const std::string& file, Settings& s) {
+  const auto& sm = j.at("sampler");
+  if (sm.value("eta", 0.0) != 0.0) throw Error(file + ": sampler eta != 0; the runner implements deterministic DDIM");
+  s.sampler.steps = sm.at("steps").get<int>();
+  s.sampler.guidance = sm.at("guidance").get<double>();
+  s.sampler.control_scale = sm.at("control_scale").get<double>();
+  s.sampler.latent_start = sm.at("latent_start").get<double>();
+  s.sampler.pixel_start = sm.at("pixel_start").get<double>();
+  s.sampler.renoise = sm.at("renoise").get<std::string>() == "current" ? Renoise::Current : Renoise::Next;
+  s.sampler.blend = sm.at("blend").get<bool>();
+  const auto& mk = j.at("masks");
+  s.masks.binarize_at = mk.at("binarize_at").get<int>();
+  s.masks.dilation = mk.at("latent_dilation").get<int>();
+  s.masks.keep_thin = mk.at("keep_thin").get<bool>();
+  s.identity = j.value("identity", "");
+}
+
 Settings read_settings(const Args& a) {
   Settings s;
   const std::string file = a.has("sample") ? a.get("sample") + "/sample.json" : "";
   if (!file.empty()) {
     std::ifstream in(file);
     if (!in) throw Error("sample folder " + a.get("sample") + " has no sample.json (written by adabldm-run --dump-noise)");
-    const auto j = nlohmann::json::parse(in);
-    const auto& sm = j.at("sampler");
-    if (sm.value("eta", 0.0) != 0.0) throw Error(file + ": sampler eta != 0; the runner implements deterministic DDIM");
-    s.sampler.steps = sm.at("steps").get<int>();
-    s.sampler.guidance = sm.at("guidance").get<double>();
-    s.sampler.control_scale = sm.at("control_scale").get<double>();
-    s.sampler.latent_start = sm.at("latent_start").get<double>();
-    s.sampler.pixel_start = sm.at("pixel_start").get<double>();
-    s.sampler.renoise = sm.at("renoise").get<std::string>() == "current" ? Renoise::Current : Renoise::Next;
-    s.sampler.blend = sm.at("blend").get<bool>();
-    const auto& mk = j.at("masks");
-    s.masks.binarize_at = mk.at("binarize_at").get<int>();
-    s.masks.dilation = mk.at("latent_dilation").get<int>();
-    s.masks.keep_thin = mk.at("keep_thin").get<bool>();
-    s.identity = j.value("identity", "");
+    try {
+      read_sample_json(nlohmann::json::parse(in), file, s);
+    } catch (const nlohmann::json::exception& e) {  // malformed, or a key missing: name the file
+      throw Error(file + ": not a sample record of adabldm-run --dump-noise (" + e.what() + ")");
+    }
   }
   if (a.has("steps")) s.sampler.steps = to_int("steps", a.get("steps"), 2);
   if (a.has("guidance")) s.sampler.guidance = to_number("guidance", a.get("guidance"));
@@ -150,6 +158,10 @@ Settings read_settings(const Args& a) {
   if (a.flags.count("keep-thin")) s.masks.keep_thin = true;
   if (a.has("binarize-at")) s.masks.binarize_at = to_int("binarize-at", a.get("binarize-at"), 0);
   if (a.has("latent-dilation")) s.masks.dilation = to_int("latent-dilation", a.get("latent-dilation"), 0);
+  const double lo = s.sampler.latent_start, hi = s.sampler.pixel_start;
+  if (!(0.0 <= lo && lo <= hi && hi <= 1.0))  // SamplerConfig's check
+    throw UsageError("stage fractions --latent-start " + std::to_string(lo) + ", --pixel-start " + std::to_string(hi) +
+                     ": expected 0 <= latent start <= pixel start <= 1");
   return s;
 }
 
@@ -165,6 +177,21 @@ void check_size(const Image& im, int resolution, const std::string& what) {
                 std::to_string(resolution) + "x" + std::to_string(resolution));
 }
 
+// (2, 77, d) with the d and token count of the denoiser's text_ctx input: checked here, by
+// name, before GuidedEps slices it.
+void check_embeddings(const Tensor& e, const Manifest& m, const std::string& path) {
+  const std::string net = m.networks.count("unet_control") ? "unet_control" : "unet";
+  for (const TensorSpec& t : m.networks.at(net).spec.inputs) {
+    if (t.name != "text_ctx") continue;
+    const bool ok = e.shape.size() == 3 && e.shape[0] == 2 && t.shape.size() == 3 && e.shape[1] == t.shape[1].size &&
+                    e.shape[2] == t.shape[2].size;
+    if (!ok)
+      throw Error("text embeddings " + path + " of shape " + e.shape_str() + ": expected (2, " +
+                  std::to_string(t.shape[1].size) + ", " + std::to_string(t.shape[2].size) +
+                  "), the prompt's then the empty prompt's, from this bundle's text encoder");
+  }
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -177,6 +204,8 @@ int run(const Args& a) {
   BackendOptions opts{a.get("backend", backends.front()), a.has("threads") ? to_int("threads", a.get("threads"), 1) : 0,
                       a.has("cuda-device") ? to_int("cuda-device", a.get("cuda-device"), 0) : 0};
   const int repeat = a.has("repeat") ? to_int("repeat", a.get("repeat"), 1) : 1;
+  const std::string out = a.get("out");
+  if (fs::exists(out) && !fs::is_directory(out)) throw UsageError("--out " + out + " exists and is not a folder");
   const Settings st = read_settings(a);
   const SamplerSettings& s = st.sampler;
 
@@ -192,6 +221,7 @@ int run(const Args& a) {
   check_size(trimap, r, "trimap");
   check_size(mask, r, "mask");
   const Tensor embeddings = read_npy(input_path(a, "embeddings", "embeddings.npy"));
+  check_embeddings(embeddings, m, input_path(a, "embeddings", "embeddings.npy"));
   const int stride = r / static_cast<int>(m.latent_shape.at(1));
   Tensor m_keep = latent_keep_mask(trimap, stride, st.masks);
   if (a.has("latent-mask")) {
@@ -205,7 +235,11 @@ int run(const Args& a) {
   std::optional<Tensor> tape;
   if (!a.has("seed")) {
     tape = read_npy(input_path(a, "noise", "noise.npy"));
-    if (tape->shape.empty() || tape->shape[0] != draws)
+    if (tape->shape.size() != 4 || !std::equal(latent.begin() + 1, latent.end(), tape->shape.begin() + 1))
+      throw Error("noise tape " + input_path(a, "noise", "noise.npy") + " of shape " + tape->shape_str() +
+                  ": expected (draws, " + std::to_string(latent[1]) + ", " + std::to_string(latent[2]) + ", " +
+                  std::to_string(latent[3]) + "), this bundle's latent per draw");
+    if (tape->shape[0] != draws)
       throw Error("noise tape " + input_path(a, "noise", "noise.npy") + " of shape " + tape->shape_str() + " has " +
                   (tape->shape.empty() ? "no" : std::to_string(tape->shape[0])) + " draws; these sampler settings draw " +
                   std::to_string(draws) + " (dump it with the same --steps/--renoise)");
@@ -242,16 +276,16 @@ int run(const Args& a) {
     if (!a.flags.count("quiet")) std::fprintf(stderr, "\n");
     timings.push_back({{"sample_s", sample_s}, {"decode_s", decode_s}});
     if (k == 0) {
-      fs::create_directories(a.get("out"));
-      write_png(a.get("out") + "/blended.png", blended);
-      write_npy(a.get("out") + "/latent.npy", z);
+      fs::create_directories(out);
+      write_png(out + "/blended.png", blended);
+      write_npy(out + "/latent.npy", z);
     }
   }
   const nlohmann::json record = {{"backend", opts.backend}, {"threads", opts.threads}, {"bundle", m.root},
                                  {"identity", m.identity}, {"steps", s.steps}, {"noise", tape ? "tape" : "seeded"},
                                  {"noise_draws", draws}, {"load_s", load_s}, {"runs", timings}};
-  std::ofstream(a.get("out") + "/run.json") << record.dump(2) << "\n";
-  std::fprintf(stderr, "wrote %s/blended.png and latent.npy (%s, %d steps, %.2f s per sample)\n", a.get("out").c_str(),
+  write_file_atomic(out + "/run.json", record.dump(2) + "\n");
+  std::fprintf(stderr, "wrote %s/blended.png and latent.npy (%s, %d steps, %.2f s per sample)\n", out.c_str(),
                opts.backend.c_str(), s.steps, timings.back()["sample_s"].get<double>());
   return 0;
 }

@@ -47,8 +47,12 @@ Tensor read_npy(const std::string& path) {
   std::string header(header_len, '\0');
   in.read(header.data(), header_len);
   if (!in) throw Error(path + ": truncated .npy header");
-  if (header.find("'descr': '<f4'") == std::string::npos)
-    throw Error(path + ": .npy of dtype other than float32 little-endian ('<f4'): " + header);
+  if (header.find("'descr': '<f4'") == std::string::npos) {
+    const size_t at = header.find("'descr': ");
+    const std::string descr = at == std::string::npos ? "?" : header.substr(at + 9, header.find(',', at) - at - 9);
+    throw Error(path + ": .npy of dtype " + descr + "; expected float32 little-endian ('<f4'), e.g. numpy's"
+                " arr.astype(np.float32)");
+  }
   if (header.find("'fortran_order': False") == std::string::npos)
     throw Error(path + ": Fortran-order .npy; expected C order");
   Tensor t(parse_shape(header, path));
@@ -57,23 +61,27 @@ Tensor read_npy(const std::string& path) {
   return t;
 }
 
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) throw Error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Error("cannot rename " + tmp + " to " + path);
+}
+
 void write_npy(const std::string& path, const Tensor& t) {
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': " + shape_str(t.shape) + ", }";
   const size_t unpadded = 10 + header.size() + 1;  // magic 6 + version 2 + length 2, newline
   header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error("cannot write " + tmp);
-    out.write("\x93NUMPY\x01\x00", 8);
-    const uint16_t len = static_cast<uint16_t>(header.size());
-    const unsigned char b[2] = {static_cast<unsigned char>(len & 0xff), static_cast<unsigned char>(len >> 8)};
-    out.write(reinterpret_cast<const char*>(b), 2);
-    out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size() * sizeof(float)));
-    if (!out) throw Error("cannot write " + tmp);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw Error("cannot rename " + tmp + " to " + path);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  std::string bytes("\x93NUMPY\x01\x00", 8);
+  bytes += static_cast<char>(len & 0xff);
+  bytes += static_cast<char>(len >> 8);
+  bytes += header;
+  bytes.append(reinterpret_cast<const char*>(t.data.data()), t.data.size() * sizeof(float));
+  write_file_atomic(path, bytes);
 }
 
 }  // namespace adabldm

@@ -228,10 +228,38 @@ def test_dump_noise_of_adabldm_run_feeds_the_native_runner(native, bundle_dir, t
 
 
 def test_native_usage_errors_exit_2(native, tmp_path):
+    (tmp_path / "a_file").write_text("")
     for args, words in ((["--out", tmp_path], "--bundle DIR is required"), (["--frobnicate"], "unknown option"),
-                        (["--bundle", tmp_path, "--out", tmp_path, "--renoise", "later"], "expected next or current")):
+                        (["--bundle", tmp_path, "--out", tmp_path, "--renoise", "later"], "expected next or current"),
+                        (["--bundle", tmp_path, "--out", tmp_path, "--guidance", "nan"],
+                         "--guidance 'nan': expected a finite number"),
+                        (["--bundle", tmp_path, "--out", tmp_path, "--latent-start", "0.9", "--pixel-start", "0.5"],
+                         "expected 0 <= latent start <= pixel start <= 1"),
+                        (["--bundle", tmp_path, "--out", tmp_path / "a_file"], "exists and is not a folder")):
         result = run_native(native, *args)
         assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+def test_native_names_a_bad_embedding_tape_or_sample_record(native, bundle_dir, python_run, tmp_path):
+    folder = python_run["folder"]
+    embeddings, tape = np.load(folder / "embeddings.npy"), np.load(folder / "noise.npy")
+    np.save(tmp_path / "e64.npy", embeddings.astype(np.float64))
+    np.save(tmp_path / "e1.npy", embeddings[:1])
+    np.save(tmp_path / "half.npy", np.ascontiguousarray(tape[..., ::2]))
+    bad_record = tmp_path / "sample"
+    bad_record.mkdir()
+    for name in FILES:
+        (bad_record / name).write_bytes((folder / name).read_bytes())
+    (bad_record / "sample.json").write_text('{"sampler": {"steps": 3}}')
+    d = embeddings.shape[2]
+    for args, words in ((["--embeddings", tmp_path / "e64.npy"], "dtype '<f8'; expected float32"),
+                        (["--embeddings", tmp_path / "e1.npy"], f"of shape (1, 77, {d}): expected (2, 77, {d})"),
+                        (["--noise", tmp_path / "half.npy"], "expected (draws, 4, 32, 32)")):
+        result = run_native(native, "--bundle", bundle_dir, "--sample", folder, "--out", tmp_path / "o", *args)
+        assert result.returncode == 1 and words in result.stderr, result.stderr
+    result = run_native(native, "--bundle", bundle_dir, "--sample", bad_record, "--out", tmp_path / "o")
+    assert result.returncode == 1 and "sample.json: not a sample record" in result.stderr, result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_native_refuses_a_tape_of_other_settings(native, bundle_dir, python_run, tmp_path):

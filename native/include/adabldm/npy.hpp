@@ -12,5 +12,7 @@ namespace adabldm {
 Tensor read_npy(const std::string& path);
 // Writes a '<f4' array (format 1.0) atomically (temporary file, then rename).
 void write_npy(const std::string& path, const Tensor& t);
+// Writes ``bytes`` to ``path`` atomically: a reader sees the old file or the whole new one.
+void write_file_atomic(const std::string& path, const std::string& bytes);
 
 }  // namespace adabldm
