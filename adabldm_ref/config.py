@@ -7,11 +7,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 LATENT_SCALE = 0.18215  # SD-1.5 VAE latent scale (z = 0.18215 * E(x))
 LATENT_STRIDE = 8  # SD VAE downsamples by 8: 256 px -> 32 x 32 latent
+
+
+def check_finite(**values: float) -> None:
+    """ValueError naming the first value that is nan or infinite. Range checks alone pass
+    nan (every comparison with it is False), and it would surface late: an OverflowError
+    drawing a rotation, or a run record that is not JSON, after files were written."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name}={value}: expected a finite number")
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class SamplerConfig:
     blend: bool = True  # False: plain ControlNet DDIM (used to check against diffusers)
 
     def __post_init__(self) -> None:
+        check_finite(guidance=self.guidance, control_scale=self.control_scale, eta=self.eta)
         if self.steps < 2:
             raise ValueError(f"steps={self.steps}: expected at least 2 DDIM steps")
         if not 0.0 <= self.latent_start <= self.pixel_start <= 1.0:
@@ -77,6 +88,12 @@ class MaskConfig:
     max_tries: int = 20  # bounded retries of a random rotation/scale that does not fit
     foreground: Literal["full", "otsu"] = "full"  # texture: whole image; object: Otsu + close
 
+    def __post_init__(self) -> None:
+        check_finite(rotate=self.rotate, scale_low=self.scale[0], scale_high=self.scale[1])
+        if self.rotate < 0 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"rotate={self.rotate}, scale={self.scale}: expected rotate >= 0 and"
+                             " 0 < LOW <= HIGH")
+
 
 @dataclass(frozen=True)
 class AdaptConfig:
@@ -88,6 +105,7 @@ class AdaptConfig:
     preservation: float = 100.0  # lambda: weight of the background term
 
     def __post_init__(self) -> None:
+        check_finite(lr=self.lr, weight_decay=self.weight_decay, preservation=self.preservation)
         if self.iters < 0:
             raise ValueError(f"adaptation iterations {self.iters}: expected 0 (off) or more")
         if not self.lr > 0 or self.weight_decay < 0 or self.preservation < 0:

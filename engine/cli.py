@@ -7,6 +7,7 @@ therefore literals; tests/engine/test_cli.py checks them equal to the configurat
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -59,8 +60,8 @@ def _scale_range(ctx, param, value: str) -> tuple[float, float]:
         lo, hi = (float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected two numbers 'LOW,HIGH', e.g. 0.85,1.15")
-    if not 0 < lo <= hi:
-        raise click.BadParameter(f"{value!r}: expected 0 < LOW <= HIGH")
+    if not (0 < lo <= hi and math.isfinite(hi)):  # inf passes the comparisons, nan fails them
+        raise click.BadParameter(f"{value!r}: expected finite numbers 0 < LOW <= HIGH")
     return lo, hi
 
 
