@@ -27,12 +27,16 @@ const char* kHelp = R"(Usage: adabldm-native --bundle DIR --sample DIR --out DIR
 Runs stages 1-3 of AdaBLDM (three-stage blended DDIM with classifier-free guidance) for
 one sample over a bundle's networks and writes OUT/blended.png (the pre-adaptation image),
 OUT/latent.npy (the final latent, (1, 4, h, w) float32) and OUT/run.json (timings).
+With --sample DUMP, a folder of sample folders (adabldm-run --dump-noise DUMP), it runs
+each into OUT/NAME/, loading the networks once; a rerun skips the samples already written.
 Online decoder adaptation is not done here: it stays in the Python runtime.
+Exit codes: 0 done; 1 error (the samples written before it are kept); 2 usage.
 
 Inputs:
   --bundle DIR          bundle written by adabldm-export (manifest.json, onnx/)
   --sample DIR          a sample folder of adabldm-run --dump-noise: sample.json (settings),
-                        ok.png, trimap.png, mask.png, embeddings.npy, noise.npy
+                        ok.png, trimap.png, mask.png, embeddings.npy, noise.npy; or the
+                        dump folder holding them (NNNN/), to run every sample
   --ok PNG              OK image at the bundle's resolution (default: SAMPLE/ok.png)
   --trimap PNG          trimap 0/127/255 (default: SAMPLE/trimap.png)
   --mask PNG            defect mask M, > 0 = defect (default: SAMPLE/mask.png)
@@ -132,12 +136,14 @@ void read_sample_json(const nlohmann::json& j, const std::string& file, Settings
   s.identity = j.value("identity", "");
 }
 
-Settings read_settings(const Args& a) {
+// A sample's settings: its sample.json (``folder`` "": the reference defaults), then the
+// command line's overrides.
+Settings read_settings(const Args& a, const std::string& folder) {
   Settings s;
-  const std::string file = a.has("sample") ? a.get("sample") + "/sample.json" : "";
+  const std::string file = folder.empty() ? "" : folder + "/sample.json";
   if (!file.empty()) {
     std::ifstream in(file);
-    if (!in) throw Error("sample folder " + a.get("sample") + " has no sample.json (written by adabldm-run --dump-noise)");
+    if (!in) throw Error("sample folder " + folder + " has no sample.json (written by adabldm-run --dump-noise)");
     try {
       read_sample_json(nlohmann::json::parse(in), file, s);
     } catch (const nlohmann::json::exception& e) {  // malformed, or a key missing: name the file
@@ -165,12 +171,6 @@ Settings read_settings(const Args& a) {
   return s;
 }
 
-std::string input_path(const Args& a, const std::string& key, const std::string& file) {
-  if (a.has(key)) return a.get(key);
-  if (!a.has("sample")) throw UsageError("--" + key + " is needed without --sample");
-  return a.get("sample") + "/" + file;
-}
-
 void check_size(const Image& im, int resolution, const std::string& what) {
   if (im.width != resolution || im.height != resolution)
     throw Error(what + " " + std::to_string(im.width) + "x" + std::to_string(im.height) + " does not match the bundle's " +
@@ -196,6 +196,138 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Where one sample's inputs come from: its folder of adabldm-run --dump-noise, overridden
+// file by file by --ok, --trimap, ... (a single sample only).
+struct SampleSource {
+  const Args& a;
+  std::string folder;  // "" without --sample
+  std::string path(const std::string& key, const std::string& file) const {
+    if (a.has(key)) return a.get(key);
+    if (folder.empty()) throw UsageError("--" + key + " is needed without --sample");
+    return folder + "/" + file;
+  }
+};
+
+const std::vector<std::string> kInputOptions = {"ok", "trimap", "mask", "latent-mask", "embeddings", "noise", "seed"};
+
+bool is_sample_folder(const fs::path& dir) { return fs::is_regular_file(dir / "sample.json"); }
+
+// The sample folders of --sample: the folder itself, or, for a dump root (DUMP/NNNN/ of
+// adabldm-run --dump-noise), its sub-folders that hold a sample.json, in name order.
+std::vector<std::string> sample_folders(const Args& a) {
+  if (!a.has("sample")) return {""};
+  const fs::path root = a.get("sample");
+  if (!fs::is_directory(root)) throw UsageError("--sample " + root.string() + ": no such folder");
+  if (is_sample_folder(root)) return {root.string()};
+  std::vector<std::string> found;
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && is_sample_folder(entry.path())) found.push_back(entry.path().string());
+  std::sort(found.begin(), found.end());
+  if (found.empty())
+    throw Error("--sample " + root.string() + " holds no sample.json, nor sub-folders with one (write them with"
+                " adabldm-run --dump-noise DIR)");
+  for (const std::string& key : kInputOptions)
+    if (a.has(key))
+      throw UsageError("--" + key + " gives one sample's input; --sample " + root.string() + " is a folder of " +
+                       std::to_string(found.size()) + " samples, each with its own");
+  return found;
+}
+
+struct Networks {
+  std::unique_ptr<Network> unet_control, controlnet, unet, encoder, decoder;
+};
+
+Networks load_networks(const Manifest& m, const BackendOptions& opts) {
+  const bool split = !m.networks.count("unet_control");
+  Networks n;
+  if (split) {
+    n.controlnet = make_network(m, "controlnet", opts, 2);
+    n.unet = make_network(m, "unet", opts, 2);
+  } else {
+    n.unet_control = make_network(m, "unet_control", opts, 2);
+  }
+  n.encoder = make_network(m, "vae_encoder", opts, 1);
+  n.decoder = make_network(m, "vae_decoder", opts, 1);
+  return n;
+}
+
+// Samples one sample ``repeat`` times and writes out/blended.png and out/latent.npy (the
+// first run's); returns its record: settings, noise and per-run timings.
+nlohmann::json run_sample(const SampleSource& src, const Settings& st, const Manifest& m, Networks& nets,
+                          const std::string& out, int repeat, bool quiet) {
+  const SamplerSettings& s = st.sampler;
+  if (!st.identity.empty() && st.identity != m.identity)
+    throw Error("the sample's embeddings come from model " + st.identity + ", the bundle is model " + m.identity +
+                "; dump the sample with this bundle (adabldm-run --bundle " + m.root + " --dump-noise DIR)");
+  const int r = m.resolution;
+  const Image ok = read_png(src.path("ok", "ok.png"), 3), trimap = read_png(src.path("trimap", "trimap.png"), 1),
+              mask = read_png(src.path("mask", "mask.png"), 1);
+  check_size(ok, r, "OK image");
+  check_size(trimap, r, "trimap");
+  check_size(mask, r, "mask");
+  const std::string embeddings_path = src.path("embeddings", "embeddings.npy");
+  const Tensor embeddings = read_npy(embeddings_path);
+  check_embeddings(embeddings, m, embeddings_path);
+  const int stride = r / static_cast<int>(m.latent_shape.at(1));
+  Tensor m_keep = latent_keep_mask(trimap, stride, st.masks);
+  if (src.a.has("latent-mask")) {
+    Tensor given = read_npy(src.a.get("latent-mask"));
+    if (given.numel() != m_keep.numel())
+      throw Error("latent mask " + src.a.get("latent-mask") + " of shape " + given.shape_str() + ", expected " +
+                  m_keep.shape_str());
+    m_keep.data = given.data;
+  }
+  const std::vector<int64_t> latent = {1, m.latent_shape[0], m.latent_shape[1], m.latent_shape[2]};
+  const int draws = noise_draws(s);
+  std::optional<Tensor> tape;
+  if (!src.a.has("seed")) {
+    const std::string tape_path = src.path("noise", "noise.npy");
+    tape = read_npy(tape_path);
+    if (tape->shape.size() != 4 || !std::equal(latent.begin() + 1, latent.end(), tape->shape.begin() + 1))
+      throw Error("noise tape " + tape_path + " of shape " + tape->shape_str() + ": expected (draws, " +
+                  std::to_string(latent[1]) + ", " + std::to_string(latent[2]) + ", " + std::to_string(latent[3]) +
+                  "), this bundle's latent per draw");
+    if (tape->shape[0] != draws)
+      throw Error("noise tape " + tape_path + " of shape " + tape->shape_str() + " has " +
+                  std::to_string(tape->shape[0]) + " draws; these sampler settings draw " + std::to_string(draws) +
+                  " (dump it with the same --steps/--renoise)");
+  }
+  const DdimTable table = ddim_table(m.scheduler, s.steps);
+  Codec codec(nets.encoder.get(), nets.decoder.get());
+  GuidedEps eps(nets.unet_control.get(), nets.controlnet.get(), nets.unet.get(), embeddings, trimap_to_hint(trimap),
+                s.guidance, s.control_scale);
+
+  nlohmann::json timings = nlohmann::json::array();
+  for (int k = 0; k < repeat; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::unique_ptr<NoiseSource> noise;
+    if (tape) noise = std::make_unique<TapeNoise>(*tape, "noise tape");
+    else noise = std::make_unique<SeededNoise>(static_cast<uint64_t>(std::stoull(src.a.get("seed"))));
+    const Tensor z_t = noise->randn(latent);  // drawn first, as the Python pipeline
+    const Tensor x_ok = rgb_to_tensor(ok);
+    BlendTargets targets{codec.encode(x_ok, noise->randn(latent)), m_keep, x_ok, mask_to_tensor(mask)};
+    const Tensor z = sample_blended(eps, codec, z_t, table, s, targets, *noise, [&](int i) {
+      if (!quiet) std::fprintf(stderr, "\rdiffusion step %d/%d", i + 1, s.steps);
+    });
+    const double sample_s = seconds_since(t0);
+    const auto t1 = std::chrono::steady_clock::now();
+    const Image blended = tensor_to_rgb(codec.decode(z));
+    const double decode_s = seconds_since(t1);
+    if (!quiet) std::fprintf(stderr, "\n");
+    timings.push_back({{"sample_s", sample_s}, {"decode_s", decode_s}});
+    if (k == 0) {
+      fs::create_directories(out);
+      write_png(out + "/blended.png", blended);
+      write_npy(out + "/latent.npy", z);
+    }
+  }
+  return {{"steps", s.steps}, {"noise", tape ? "tape" : "seeded"}, {"noise_draws", draws}, {"runs", timings}};
+}
+
+bool sample_done(const std::string& out) {  // both written atomically: present means whole
+  return fs::is_regular_file(out + "/latent.npy") && fs::is_regular_file(out + "/blended.png");
+}
+
 int run(const Args& a) {
   if (!a.has("bundle")) throw UsageError("--bundle DIR is required");
   if (!a.has("out")) throw UsageError("--out DIR is required");
@@ -204,89 +336,52 @@ int run(const Args& a) {
   BackendOptions opts{a.get("backend", backends.front()), a.has("threads") ? to_int("threads", a.get("threads"), 1) : 0,
                       a.has("cuda-device") ? to_int("cuda-device", a.get("cuda-device"), 0) : 0};
   const int repeat = a.has("repeat") ? to_int("repeat", a.get("repeat"), 1) : 1;
+  const bool quiet = a.flags.count("quiet") > 0;
   const std::string out = a.get("out");
   if (fs::exists(out) && !fs::is_directory(out)) throw UsageError("--out " + out + " exists and is not a folder");
-  const Settings st = read_settings(a);
-  const SamplerSettings& s = st.sampler;
+  const std::vector<std::string> folders = sample_folders(a);
+  std::vector<Settings> settings;  // every sample's, checked before the networks load
+  for (const std::string& f : folders) settings.push_back(read_settings(a, f));
 
   const auto t_load = std::chrono::steady_clock::now();
   const Manifest m = read_manifest(a.get("bundle"));
-  if (!st.identity.empty() && st.identity != m.identity)
-    throw Error("the sample's embeddings come from model " + st.identity + ", the bundle is model " + m.identity +
-                "; dump the sample with this bundle (adabldm-run --bundle " + m.root + " --dump-noise DIR)");
-  const int r = m.resolution;
-  const Image ok = read_png(input_path(a, "ok", "ok.png"), 3), trimap = read_png(input_path(a, "trimap", "trimap.png"), 1),
-              mask = read_png(input_path(a, "mask", "mask.png"), 1);
-  check_size(ok, r, "OK image");
-  check_size(trimap, r, "trimap");
-  check_size(mask, r, "mask");
-  const Tensor embeddings = read_npy(input_path(a, "embeddings", "embeddings.npy"));
-  check_embeddings(embeddings, m, input_path(a, "embeddings", "embeddings.npy"));
-  const int stride = r / static_cast<int>(m.latent_shape.at(1));
-  Tensor m_keep = latent_keep_mask(trimap, stride, st.masks);
-  if (a.has("latent-mask")) {
-    Tensor given = read_npy(a.get("latent-mask"));
-    if (given.numel() != m_keep.numel())
-      throw Error("latent mask " + a.get("latent-mask") + " of shape " + given.shape_str() + ", expected " + m_keep.shape_str());
-    m_keep.data = given.data;
-  }
-  const std::vector<int64_t> latent = {1, m.latent_shape[0], m.latent_shape[1], m.latent_shape[2]};
-  const int draws = noise_draws(s);
-  std::optional<Tensor> tape;
-  if (!a.has("seed")) {
-    tape = read_npy(input_path(a, "noise", "noise.npy"));
-    if (tape->shape.size() != 4 || !std::equal(latent.begin() + 1, latent.end(), tape->shape.begin() + 1))
-      throw Error("noise tape " + input_path(a, "noise", "noise.npy") + " of shape " + tape->shape_str() +
-                  ": expected (draws, " + std::to_string(latent[1]) + ", " + std::to_string(latent[2]) + ", " +
-                  std::to_string(latent[3]) + "), this bundle's latent per draw");
-    if (tape->shape[0] != draws)
-      throw Error("noise tape " + input_path(a, "noise", "noise.npy") + " of shape " + tape->shape_str() + " has " +
-                  (tape->shape.empty() ? "no" : std::to_string(tape->shape[0])) + " draws; these sampler settings draw " +
-                  std::to_string(draws) + " (dump it with the same --steps/--renoise)");
-  }
-  const DdimTable table = ddim_table(m.scheduler, s.steps);
-
-  const bool split = !m.networks.count("unet_control");
-  auto unet_control = split ? nullptr : make_network(m, "unet_control", opts, 2);
-  auto controlnet = split ? make_network(m, "controlnet", opts, 2) : nullptr;
-  auto unet = split ? make_network(m, "unet", opts, 2) : nullptr;
-  auto encoder = make_network(m, "vae_encoder", opts, 1), decoder = make_network(m, "vae_decoder", opts, 1);
-  Codec codec(encoder.get(), decoder.get());
-  GuidedEps eps(unet_control.get(), controlnet.get(), unet.get(), embeddings, trimap_to_hint(trimap), s.guidance,
-                s.control_scale);
+  Networks nets = load_networks(m, opts);
   const double load_s = seconds_since(t_load);
+  const nlohmann::json runtime = {{"backend", opts.backend}, {"threads", opts.threads}, {"bundle", m.root},
+                                  {"identity", m.identity}, {"load_s", load_s}};
 
-  nlohmann::json timings = nlohmann::json::array();
-  Tensor z;
-  for (int k = 0; k < repeat; ++k) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::unique_ptr<NoiseSource> noise;
-    if (tape) noise = std::make_unique<TapeNoise>(*tape, "noise tape");
-    else noise = std::make_unique<SeededNoise>(static_cast<uint64_t>(std::stoull(a.get("seed"))));
-    const Tensor z_t = noise->randn(latent);  // drawn first, as the Python pipeline
-    const Tensor x_ok = rgb_to_tensor(ok);
-    BlendTargets targets{codec.encode(x_ok, noise->randn(latent)), m_keep, x_ok, mask_to_tensor(mask)};
-    z = sample_blended(eps, codec, z_t, table, s, targets, *noise, [&](int i) {
-      if (!a.flags.count("quiet")) std::fprintf(stderr, "\rdiffusion step %d/%d", i + 1, s.steps);
-    });
-    const double sample_s = seconds_since(t0);
-    const auto t1 = std::chrono::steady_clock::now();
-    const Image blended = tensor_to_rgb(codec.decode(z));
-    const double decode_s = seconds_since(t1);
-    if (!a.flags.count("quiet")) std::fprintf(stderr, "\n");
-    timings.push_back({{"sample_s", sample_s}, {"decode_s", decode_s}});
-    if (k == 0) {
-      fs::create_directories(out);
-      write_png(out + "/blended.png", blended);
-      write_npy(out + "/latent.npy", z);
-    }
+  const bool single = folders.size() == 1 && (folders[0].empty() || folders[0] == a.get("sample"));
+  if (single) {
+    nlohmann::json record = run_sample(SampleSource{a, folders[0]}, settings[0], m, nets, out, repeat, quiet);
+    record.update(runtime);
+    write_file_atomic(out + "/run.json", record.dump(2) + "\n");
+    std::fprintf(stderr, "wrote %s/blended.png and latent.npy (%s, %d steps, %.2f s per sample)\n", out.c_str(),
+                 opts.backend.c_str(), settings[0].sampler.steps, record["runs"].back()["sample_s"].get<double>());
+    return 0;
   }
-  const nlohmann::json record = {{"backend", opts.backend}, {"threads", opts.threads}, {"bundle", m.root},
-                                 {"identity", m.identity}, {"steps", s.steps}, {"noise", tape ? "tape" : "seeded"},
-                                 {"noise_draws", draws}, {"load_s", load_s}, {"runs", timings}};
-  write_file_atomic(out + "/run.json", record.dump(2) + "\n");
-  std::fprintf(stderr, "wrote %s/blended.png and latent.npy (%s, %d steps, %.2f s per sample)\n", out.c_str(),
-               opts.backend.c_str(), s.steps, timings.back()["sample_s"].get<double>());
+  // A dump root: OUT/NAME/ per sample; a rerun skips the samples already written.
+  nlohmann::json summary = runtime;
+  summary["samples"] = nlohmann::json::array();
+  int made = 0, resumed = 0;
+  for (size_t k = 0; k < folders.size(); ++k) {
+    const std::string name = fs::path(folders[k]).filename().string(), dir = out + "/" + name;
+    if (sample_done(dir)) {
+      ++resumed;
+      continue;
+    }
+    if (!quiet) std::fprintf(stderr, "sample %zu/%zu %s\n", k + 1, folders.size(), name.c_str());
+    nlohmann::json record = run_sample(SampleSource{a, folders[k]}, settings[k], m, nets, dir, repeat, quiet);
+    record.update(runtime);
+    write_file_atomic(dir + "/run.json", record.dump(2) + "\n");
+    summary["samples"].push_back({{"name", name}, {"sample_s", record["runs"][0]["sample_s"]}});
+    ++made;
+  }
+  fs::create_directories(out);
+  summary["made"] = made;
+  summary["resumed"] = resumed;
+  write_file_atomic(out + "/run.json", summary.dump(2) + "\n");
+  std::fprintf(stderr, "wrote %s/NNNN/: %d new, %d already there (%s)\n", out.c_str(), made, resumed,
+               opts.backend.c_str());
   return 0;
 }
 

@@ -208,19 +208,31 @@ def test_native_own_noise_is_seeded(native, bundle_dir, python_run, tmp_path):
 
 @pytest.mark.slow
 def test_dump_noise_of_adabldm_run_feeds_the_native_runner(native, bundle_dir, tmp_path):
-    """The CLI end to end: the job's pre-adaptation blend equals the runner's on its dump."""
+    """The CLI end to end: the job's pre-adaptation blends equal the runner's on its dump,
+    one sample folder at a time and the whole dump folder in one process (resumable)."""
     dump, out = tmp_path / "dump", tmp_path / "out"
-    args = ["--batch", "--num", "1", "--steps", STEPS, "--adapt-iters", "0", "--quiet", "--bundle", bundle_dir,
+    args = ["--batch", "--num", "2", "--steps", STEPS, "--adapt-iters", "0", "--quiet", "--bundle", bundle_dir,
             "--backend", "onnxruntime", "--out", out, "--dump-noise", dump]
     result = CliRunner().invoke(run_main, list(map(str, args)), catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in dump.iterdir()) == ["0000", "0001"]
     assert sorted(p.name for p in (dump / "0000").iterdir()) == sorted(FILES)
     meta = json.loads((dump / "0000" / "sample.json").read_text())
     assert meta["identity"] == Bundle.open(bundle_dir).identity and meta["sampler"]["steps"] == STEPS
-    ran = run_native(native, "--bundle", bundle_dir, "--sample", dump / "0000", "--out", tmp_path / "native")
-    assert ran.returncode == 0, ran.stderr
-    (job_blend,) = out.rglob("0000_blended.png")
-    assert psnr(np.asarray(Image.open(tmp_path / "native" / "blended.png")), np.asarray(Image.open(job_blend))) >= 40.0
+    one, _ = native_sample(native, bundle_dir, dump / "0000", tmp_path / "native")
+    ran = run_native(native, "--bundle", bundle_dir, "--sample", dump, "--out", tmp_path / "all")
+    assert ran.returncode == 0 and "2 new, 0 already there" in ran.stderr, ran.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "all" / "0000" / "latent.npy"), one)
+    for name in ("0000", "0001"):
+        (job_blend,) = out.rglob(f"{name}_blended.png")
+        native_blend = np.asarray(Image.open(tmp_path / "all" / name / "blended.png"))
+        assert psnr(native_blend, np.asarray(Image.open(job_blend))) >= 40.0
+    summary = json.loads((tmp_path / "all" / "run.json").read_text())
+    assert [s["name"] for s in summary["samples"]] == ["0000", "0001"] and summary["made"] == 2
+    again = run_native(native, "--bundle", bundle_dir, "--sample", dump, "--out", tmp_path / "all")
+    assert again.returncode == 0 and "0 new, 2 already there" in again.stderr, again.stderr
+    refused = run_native(native, "--bundle", bundle_dir, "--sample", dump, "--seed", "1", "--out", tmp_path / "x")
+    assert refused.returncode == 2 and "is a folder of 2 samples" in refused.stderr, refused.stderr
 
 
 # ---------------------------------------------------------------------------------------
