@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from adabldm_core.contact import contact_sheet
-from adabldm_core.io import InputError, write_png
+from adabldm_core.io import InputError, folder_lock, write_png
 from adabldm_core.precision import Precision
 
 from .config import (
@@ -401,8 +401,17 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None
     """Train (or continue training) the ControlNet of ``cfg`` in ``cfg.out``.
 
     ``on_step(s)`` is called after each optimiser step (and its checkpoint, if any).
+    A second run on the same ``cfg.out`` is refused (InputError naming the holder) while
+    this one runs: two writers would interleave the loss log and checkpoints. The lock is
+    taken first so the second is refused before it loads anything; a folder made for it
+    is removed again if the run stops before writing (bad data, say).
     """
     run = RunDir(Path(cfg.out))
+    with folder_lock(run.root):
+        return _train_locked(cfg, run, progress, on_step)
+
+
+def _train_locked(cfg: TrainConfig, run: RunDir, progress: bool, on_step) -> TrainReport:
     data = load_data(cfg)
     models = load_base(cfg)
     identity = models.identity()  # frozen networks + initial ControlNet, before any update

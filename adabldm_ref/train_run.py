@@ -25,7 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from adabldm_core.io import InputError, append_line, read_versioned_json, write_json, write_text
+from adabldm_core.io import (
+    LOCK_NAME,
+    InputError,
+    append_line,
+    read_versioned_json,
+    write_json,
+    write_text,
+)
 
 from .fewshot import Split
 
@@ -149,7 +156,7 @@ def open_run(run: RunDir, steps: int, settings: dict) -> int:
         if start > steps:
             raise TrainError(f"{run.root} has reached step {start}, beyond --steps {steps}")
         return start
-    if run.root.exists() and any(run.root.iterdir()):
+    if run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):  # our own lock is no content
         raise TrainError(f"{run.root} is not empty and holds no train.json: not a training run directory")
     return 0
 

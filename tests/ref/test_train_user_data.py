@@ -1,0 +1,107 @@
+"""adabldm-train with a user's own data and run directories: what a new user runs into.
+
+Tiny model, 64 px, one or two steps; real textures from scikit-image with drawn scratches
+(MVTec AD layout: test/<defect>/NNN.png, ground_truth/<defect>/NNN_mask.png).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from adabldm_core.io import LOCK_NAME, InputError, folder_lock
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+
+from adabldm_ref.train import TrainConfig, load_data, train
+from adabldm_ref.train_cli import main as train_main
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def mvtec(tmp_path_factory) -> Path:
+    """An MVTec-like category: train/good (3 textures), test/scratch + ground_truth/scratch (3)."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("mvtec")
+    for sub in ("train/good", "test/scratch", "ground_truth/scratch"):
+        (root / sub).mkdir(parents=True)
+    for name in ("brick", "gravel", "grass"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").resize((SIZE, SIZE)).save(root / "train/good" / f"{name}.png")
+    brick = Image.fromarray(data.brick()).convert("RGB").resize((SIZE, SIZE))
+    for i in range(3):
+        image, mask = brick.copy(), Image.new("L", (SIZE, SIZE), 0)
+        line = [(30 + 10 * i, 30), (50 + 10 * i, 55)]
+        ImageDraw.Draw(image).line(line, fill=(20, 20, 20), width=7)
+        ImageDraw.Draw(mask).line(line, fill=255, width=7)
+        image.save(root / "test/scratch" / f"{i:03d}.png")
+        mask.save(root / "ground_truth/scratch" / f"{i:03d}_mask.png")
+    return root
+
+
+def config(root: Path, out: Path, **kw) -> TrainConfig:
+    settings = dict(images=root / "train/good", defects=root / "test/scratch",
+                    defect_masks=root / "ground_truth/scratch", out=out, object_name="brick", defect="scratch",
+                    resolution=64, steps=1, batch_size=2, lr=1e-3, validate_samples=1, validate_steps=2)
+    return TrainConfig(**{**settings, **kw})
+
+
+def cli_args(root: Path, out: Path, *more) -> list[str]:
+    return [str(a) for a in ["--images", root / "train/good", "--defects", root / "test/scratch",
+                             "--defect-masks", root / "ground_truth/scratch", "--object", "brick",
+                             "--defect", "scratch", "--resolution", "64", "--steps", "1", "--batch-size", "2",
+                             "--validate-samples", "1", "--validate-steps", "2", "--quiet", "--out", out, *more]]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------
+# Two trainings on one --out
+
+
+def test_a_second_training_on_the_same_out_is_refused_and_changes_nothing(mvtec, tmp_path):
+    """Before the lock both ran: loss.jsonl got every step twice, checkpoints raced."""
+    out = tmp_path / "run"
+    train(config(mvtec, out), progress=False)
+    before = snapshot(out)
+    with folder_lock(out):  # the first run, still training
+        with pytest.raises(InputError, match=r"run is in use by another run \(pid \d+"):
+            train(config(mvtec, out, steps=2), progress=False)
+        result = CliRunner().invoke(train_main, cli_args(mvtec, out, "--steps", "2"))
+        assert result.exit_code == 1 and "in use by another run" in result.output
+        assert "Traceback" not in result.output
+    assert snapshot(out) == before
+
+
+def test_a_stale_lock_file_does_not_make_a_new_out_look_foreign(mvtec, tmp_path):
+    """A run killed with SIGKILL leaves its lock file behind (the lock itself dies with it)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text('{"pid": 1, "host": "x", "started": "then"}\n')
+    report = train(config(mvtec, out), progress=False)
+    assert report.steps == 1 and (out / "controlnet" / "config.json").is_file()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_bad_data_leaves_no_out_folder_behind(mvtec, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(mvtec, root)
+    (root / "ground_truth/scratch/000_mask.png").unlink()
+    out = tmp_path / "new" / "run"
+    result = CliRunner().invoke(train_main, cli_args(root, out))
+    assert result.exit_code == 1 and "000.png has no mask" in result.output
+    assert not (tmp_path / "new").exists()
