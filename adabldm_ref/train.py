@@ -133,6 +133,9 @@ class TrainConfig:
         if self.foreground_mode not in ("full", "otsu"):
             raise ValueError(f"--foreground-mode {self.foreground_mode!r}: expected full or otsu")
         Augment(self.rotate, tuple(self.scale))  # range checks
+        if self.shots is not None and self.shots < 1:
+            raise ValueError(f"--shots {self.shots}: expected at least 1")
+        check_device(self.device)
         if self.precision == "fp16" and torch.device(self.device).type != "cuda":
             raise ValueError("--precision fp16 needs --device cuda (it scales the loss for fp16 gradients)")
 
@@ -146,6 +149,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def check_device(name: str) -> None:
+    """A ValueError naming ``name`` unless this torch can use it: CUDA missing or an index
+    past the last GPU would otherwise fail deep in ``.to(device)`` with a traceback."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.index or 0) >= count:
+        raise ValueError(f"--device {name}: this machine has {count} CUDA device(s) usable by torch"
+                         f" {torch.__version__}; expected one of them, or --device cpu")
 
 
 # Fields that change neither the pairs nor the arithmetic; paths are judged by the data

@@ -6,6 +6,7 @@ neither (the defaults below are checked against TrainConfig's by the tests).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def _scale_range(ctx, param, value: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _device_name(ctx, param, value: str) -> str:
+    """Checked here: torch.device's own error for 'gpu' or 'cuda:x' is a traceback."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise click.BadParameter(f"{value!r}: expected auto, cpu, cuda or cuda:N")
+    return value
+
+
 def _device(value: str) -> str:
     if value != "auto":
         return value
@@ -83,7 +91,7 @@ folder = click.Path(file_okay=False, path_type=Path)
 @click.option("--empty-prompt-p", default=0.0, show_default=True, help="Probability of the empty prompt for the UNet (paper: 0.1; the authors' code: 0).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Training arithmetic: fp32 (the authors), or bf16/fp16 autocast with fp32 ControlNet weights (fp16: CUDA only, with loss scaling).")
 @click.option("--gradient-checkpointing", is_flag=True, default=False, help="Recompute UNet and ControlNet activations in the backward pass (less memory, more time).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", show_default=True, callback=_device_name, help="cpu, cuda, cuda:N or auto.")
 @click.option("--out", required=True, type=folder, help="Run directory (train.json, controlnet/, checkpoints/, loss log and plot, validation sheets).")
 @click.option("--checkpoint-every", default=1000, show_default=True, help="Steps between checkpoints (written atomically).")
 @click.option("--keep-checkpoints", default=2, show_default=True, help="Checkpoints kept (the last K).")
@@ -106,12 +114,15 @@ def main(quiet, scale_range, device, **options):
         from .train import TrainConfig, train
 
         options["model"] = options["model"] or "demo"  # TrainConfig's None is the tiny model (library callers)
-        cfg = TrainConfig(scale=scale_range, device=_device(device), **options)
+        try:
+            cfg = TrainConfig(scale=scale_range, device=_device(device), **options)
+        except ValueError as exc:  # an option's value or a combination: a usage error, nothing written
+            raise click.UsageError(str(exc)) from None
         report = train(cfg, progress=not quiet)
     except KeyboardInterrupt:
         click.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except ValueError as exc:  # InputError, TrainError, ModelLoadError, PlacementError, bad settings
+    except ValueError as exc:  # InputError, TrainError, ModelLoadError, PlacementError
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     how = f"continued from step {report.start}" if report.start else "from scratch"

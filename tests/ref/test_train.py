@@ -130,7 +130,7 @@ def test_cli_trains_and_reports_errors(data_dir, tmp_path):
     too_many = run("--out", tmp_path / "other", "--shots", "7")
     assert too_many.exit_code == 1 and "--shots 7: only 6 defect image(s)" in too_many.output
     fp16 = run("--out", tmp_path / "fp16", "--precision", "fp16")
-    assert fp16.exit_code == 1 and "fp16 needs --device cuda" in fp16.output
+    assert fp16.exit_code == 2 and "fp16 needs --device cuda" in fp16.output  # an option combination: usage
 
 
 # ---------------------------------------------------------------------------------------

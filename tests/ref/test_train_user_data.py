@@ -105,3 +105,23 @@ def test_bad_data_leaves_no_out_folder_behind(mvtec, tmp_path):
     result = CliRunner().invoke(train_main, cli_args(root, out))
     assert result.exit_code == 1 and "000.png has no mask" in result.output
     assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Bad option values are usage errors: exit 2, a message naming the value, nothing written
+
+
+@pytest.mark.parametrize("more, want", [
+    (["--device", "gpu"], "'gpu': expected auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "'cuda:x': expected auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:63"], "--device cuda:63: this machine has"),  # a traceback from torch before
+    (["--resolution", "100"], "--resolution 100: expected a positive multiple of 64"),
+    (["--shots", "0"], "--shots 0: expected at least 1"),
+    (["--batch-size", "0"], "--batch-size 0: expected at least 1"),
+])
+def test_a_bad_option_value_is_a_usage_error(mvtec, tmp_path, more, want):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_main, cli_args(mvtec, out, *more))
+    assert result.exit_code == 2, result.output
+    assert want in result.output and "Traceback" not in result.output
+    assert not out.exists()
