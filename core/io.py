@@ -62,6 +62,8 @@ def read_image(path: str | Path) -> np.ndarray:
             array = np.asarray(_to_8bit(ImageOps.exif_transpose(im)))
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
+    except Image.DecompressionBombError as exc:  # not an OSError: it escaped as a traceback
+        raise InputError(f"{path}: too large to read safely ({exc}); downscale it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: not a readable image ({exc})") from None
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 8:

@@ -2,7 +2,11 @@
 with the documented exit code, and nothing is written for a usage error."""
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
+from adabldm_core.io import InputError, read_image
 from adabldm_engine.cli import main
 from click.testing import CliRunner
 
@@ -40,3 +44,23 @@ def test_non_finite_option_is_a_usage_error_that_writes_nothing(tmp_path, option
 def test_configurations_refuse_values_that_would_fail_late(make):
     with pytest.raises(ValueError, match="expected"):
         make()
+
+
+def _png_header_only(path, width: int, height: int):
+    """A PNG that claims width x height gray pixels and holds almost none (a few hundred
+    bytes): Pillow refuses it at open when the size is past its decompression-bomb limit."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\0" * (width + 1) * 4)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_image_past_the_decompression_bomb_limit_is_an_input_error(tmp_path):
+    """Pillow's DecompressionBombError is no OSError: it escaped read_image as a traceback
+    and ended the whole run (exit 1) instead of skipping the one image."""
+    path = _png_header_only(tmp_path / "huge.png", 20000, 10000)
+    with pytest.raises(InputError, match=r"huge\.png: too large to read safely .*200000000 pixels"):
+        read_image(path)
