@@ -252,6 +252,20 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return sd.get("state_dict", sd)
 
 
+def controlnet_dir(path: Path) -> Path:
+    """The diffusers ControlNet folder meant by ``path``: itself, or an adabldm-train run
+    directory's ``controlnet/`` (users pass the --out they trained into). Anything else
+    without a config.json is a ModelLoadError, not diffusers' traceback."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "train.json").is_file() and (path / "controlnet" / "config.json").is_file():
+        return path / "controlnet"
+    hint = (" (an adabldm-train run directory whose training has not finished: no controlnet/ yet)"
+            if (path / "train.json").is_file() else "")
+    raise ModelLoadError(f"ControlNet folder {path} has no config.json{hint}: expected a diffusers ControlNet"
+                         " directory, e.g. adabldm-train's OUT/controlnet")
+
+
 def load_controlnet(
     path: str | Path, unet: UNet2DConditionModel, allow_pickle: bool = False
 ) -> ControlNetModel:
@@ -264,7 +278,11 @@ def load_controlnet(
     """
     path = _require(Path(path), "ControlNet")
     if path.is_dir():
-        return ControlNetModel.from_pretrained(path, local_files_only=True)
+        path = controlnet_dir(path)
+        try:
+            return ControlNetModel.from_pretrained(path, local_files_only=True)
+        except Exception as exc:  # diffusers raises OSError, ValueError, safetensors errors; name the folder
+            raise ModelLoadError(f"ControlNet {path} could not be read: {exc}") from None
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise ModelLoadError(
             f"ControlNet {path} is a pickle checkpoint ({path.suffix}), which can run code when"

@@ -5,18 +5,17 @@ Tiny model, 64 px, one or two steps; real textures from scikit-image with drawn 
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from adabldm_core.io import LOCK_NAME, InputError, folder_lock
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from adabldm_ref.train import TrainConfig, load_data, train
+from adabldm_ref.models import ModelLoadError, load_controlnet
+from adabldm_ref.train import TrainConfig, train
 from adabldm_ref.train_cli import main as train_main
 
 SIZE = 96
@@ -125,3 +124,21 @@ def test_a_bad_option_value_is_a_usage_error(mvtec, tmp_path, more, want):
     assert result.exit_code == 2, result.output
     assert want in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------
+# The trained ControlNet in adabldm-run / adabldm-export --controlnet
+
+
+def test_controlnet_accepts_the_run_directory_and_names_a_wrong_folder(mvtec, tmp_path, tiny):
+    """``--controlnet OUT`` (the folder the user trained into) was diffusers' OSError traceback."""
+    out = tmp_path / "run"
+    train(config(mvtec, out), progress=False)
+    from_run = load_controlnet(out, tiny.unet).state_dict()
+    direct = load_controlnet(out / "controlnet", tiny.unet).state_dict()
+    assert from_run.keys() == direct.keys() and all(torch.equal(from_run[k], direct[k]) for k in direct)
+    with pytest.raises(ModelLoadError, match=r"ControlNet folder .*scratch has no config.json: expected a diffusers"):
+        load_controlnet(mvtec / "test/scratch", tiny.unet)
+    (out / "controlnet").rename(tmp_path / "moved")  # a run that has not finished yet
+    with pytest.raises(ModelLoadError, match="run directory whose training has not finished"):
+        load_controlnet(out, tiny.unet)
