@@ -98,7 +98,8 @@ def samples(out, defect, real, report, worst, worst_by, ic_lpips, lpips_weights,
                             real=real, lpips_weights=lpips_weights, inception_weights=inception_weights,
                             ic_lpips=ic_lpips or lpips_weights is not None, kid=kid or inception_weights is not None)
         result = run_samples(cfg, progress=not quiet)
-        click.echo(f"{result['samples']} samples; diversity {result['set']['diversity_defect_crops']:.3f};"
+        missing = f" (figures unavailable for {result['unavailable']}: no manifest)" if result["unavailable"] else ""
+        click.echo(f"{result['samples']} samples{missing}; diversity {result['set']['diversity_defect_crops']:.3f};"
                    f" report in {cfg.report}")
 
     _run(call)

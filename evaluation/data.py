@@ -63,13 +63,31 @@ def rgb_at(path: Path, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC))
 
 
+def check_defect_mask(mask: np.ndarray, path: Path) -> None:
+    """Raise unless ``mask`` (uint8, as read) marks a defect at the >= MASK_AT threshold.
+
+    A defect mask without such a pixel would silently become "no defect": a 0/1 mask (a
+    common export) gave an all-normal test set and a failure in the metrics, after training."""
+    if (mask >= MASK_AT).any():
+        return
+    peak = int(mask.max())
+    hint = " (a 0/1 mask: scale it to 0/255)" if peak == 1 else ""
+    raise InputError(f"mask {path} has no pixel >= {MASK_AT} (largest value {peak}){hint}: expected a defect"
+                     " mask, 0 for background and 255 for the defect")
+
+
 def mask_at(path: Path, size: int, shape: tuple[int, int] | None = None, image: Path | None = None) -> np.ndarray:
-    """(size, size) bool of a mask file; ``shape``: its image's (H, W), which it must match."""
+    """(size, size) bool of a defect mask file; ``shape``: its image's (H, W), which it must match."""
     mask = read_gray(path)
     if shape is not None and mask.shape != shape:
         raise InputError(f"mask {path} ({mask.shape[1]}x{mask.shape[0]}) does not match its image {image}"
                          f" ({shape[1]}x{shape[0]})")
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.BILINEAR)) >= MASK_AT
+    check_defect_mask(mask, path)
+    small = np.asarray(Image.fromarray(mask).resize((size, size), Image.BILINEAR)) >= MASK_AT
+    if not small.any():  # a thin defect averaged away: its image would count as defect-free
+        raise InputError(f"mask {path}: its defect vanishes at {size} px (thinner than a pixel there);"
+                         " use a larger --size")
+    return small
 
 
 def load_pair(image: Path, mask: Path, size: int) -> tuple[np.ndarray, np.ndarray]:

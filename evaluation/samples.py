@@ -18,7 +18,7 @@ from adabldm_core.metrics import sample_quality
 
 from .data import load_pairs
 from .features import crops_of, diversity, ic_lpips, kid, load_user_net, random_features
-from .synthetic import SyntheticSample, read_synthetic
+from .synthetic import SyntheticSample, manifests_of, read_synthetic
 
 FIGURES = ("bg_psnr", "bg_ssim", "defect_strength", "seam", "leakage")
 HIGHER_IS_BETTER = {"bg_psnr": True, "bg_ssim": True, "defect_strength": True, "seam": False, "leakage": False}
@@ -52,11 +52,18 @@ class SamplesConfig:
                              " (nothing is downloaded)")
 
 
-def figures_of(sample: SyntheticSample, image: np.ndarray, mask: np.ndarray) -> tuple[dict, str]:
-    """(the five figures, where they came from: "manifest" or "computed")."""
+def figures_of(sample: SyntheticSample, image: np.ndarray, mask: np.ndarray,
+               paired_by_name: bool = False) -> tuple[dict, str]:
+    """(the five figures, where they came from: "manifest", "computed" or "unavailable").
+
+    ``paired_by_name``: the set has no manifest (test/<defect> and ground_truth/<defect>
+    paired by name, no source images), so the figures cannot exist; they are NaN and the set
+    figures (diversity) still count the sample. With a manifest, a missing source is an error."""
     q = sample.quality or {}
     if all(k in q for k in FIGURES):
         return {k: (float("nan") if q[k] is None else float(q[k])) for k in FIGURES}, "manifest"
+    if sample.source is None and paired_by_name:
+        return dict.fromkeys(FIGURES, float("nan")), "unavailable"
     if sample.source is None:
         raise InputError(f"sample {sample.defect}/{sample.index:04d}: its manifest line has no quality figures and"
                          " its source image (extra/<defect>/NNNN_source.png) is missing")
@@ -90,7 +97,9 @@ def badness(rows: list[dict], by: str) -> np.ndarray:
 def markdown(report: dict) -> str:
     lines = [f"# Synthetic set `{report['out']}`", "",
              (f"{report['samples']} samples ({', '.join(f'{d}: {n}' for d, n in report['defects'].items())});"
-              f" figures from the manifest for {report['from_manifest']}, computed for {report['computed']}."), "",
+              f" figures from the manifest for {report['from_manifest']}, computed for {report['computed']}"
+              + (f", unavailable for {report['unavailable']} (no manifest*.jsonl: images and masks paired by name,"
+                 " without the source images the figures need)" if report.get("unavailable") else "") + "."), "",
              "| figure | n | mean | std | min | 5% | 25% | median | 75% | 95% | max |", "|---" * 11 + "|"]
     for k in FIGURES:
         d = report["distribution"][k]
@@ -101,8 +110,11 @@ def markdown(report: dict) -> str:
             lines.append(f"| {k} | 0 |" + " - |" * 9)
     lines += ["", "Set figures:", ""]
     lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in report["set"].items()]
-    lines += ["", f"Worst {len(report['worst'])} by {report['worst_by']} (worst.png): "
-              + ", ".join(w["sample"] for w in report["worst"]), ""]
+    if report["worst"]:
+        lines += ["", f"Worst {len(report['worst'])} by {report['worst_by']} (worst.png): "
+                  + ", ".join(w["sample"] for w in report["worst"]), ""]
+    else:
+        lines += ["", "Worst samples: none listed (no sample has figures, or --worst 0).", ""]
     return "\n".join(lines)
 
 
@@ -110,12 +122,13 @@ def run_samples(cfg: SamplesConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     samples = read_synthetic(cfg.out, cfg.defect)
+    paired_by_name = not manifests_of(cfg.out)
     rows, images, masks, sources = [], [], [], []
-    counts = {"manifest": 0, "computed": 0}
+    counts = {"manifest": 0, "computed": 0, "unavailable": 0}
     for s in tqdm(samples, desc="samples", unit="sample", disable=not progress):
         pair = load_pairs([("", s.image, s.mask)], _size_of(s))
         image, mask = pair.images[0], pair.masks[0]
-        figs, where = figures_of(s, image, mask)
+        figs, where = figures_of(s, image, mask, paired_by_name)
         counts[where] += 1
         rows.append({"sample": f"{s.defect}/{s.index:04d}", "defect": s.defect, "index": s.index, **figs})
         images.append(image)
@@ -125,12 +138,14 @@ def run_samples(cfg: SamplesConfig, progress: bool = True) -> dict:
     set_figures = {"diversity_defect_crops": diversity(random_features(crops)),
                    "diversity_whole_images": diversity(random_features(_resized(images, 64)))}
     set_figures.update(_user_figures(cfg, samples, crops, images))
-    order = np.argsort(-badness(rows, cfg.worst_by), kind="stable")[: cfg.worst]
+    # A sample without any figure has no place in a worst-first order (it would be listed by index).
+    known = [i for i, r in enumerate(rows) if any(math.isfinite(r[k]) for k in FIGURES)]
+    order = [known[j] for j in np.argsort(-badness([rows[i] for i in known], cfg.worst_by), kind="stable")][: cfg.worst]
     worst = [rows[i] for i in order]
     report = {"format_version": 1, "out": str(cfg.out), "config": {k: (str(v) if isinstance(v, Path) else v)
                                                                   for k, v in asdict(cfg).items()},
               "samples": len(rows), "defects": {d: sum(r["defect"] == d for r in rows) for d in sorted({r["defect"] for r in rows})},
-              "from_manifest": counts["manifest"], "computed": counts["computed"],
+              "from_manifest": counts["manifest"], "computed": counts["computed"], "unavailable": counts["unavailable"],
               "distribution": {k: distribution([r[k] for r in rows]) for k in FIGURES},
               "set": set_figures, "worst_by": cfg.worst_by, "worst": worst, "per_sample": rows}
     write_json(cfg.report / "samples.json", report)

@@ -73,8 +73,9 @@ def _from_manifests(paths: list[Path]) -> list[SyntheticSample]:
             image = _first(f / e["image"] for f in folders)
             mask = _first(f / e["mask"] for f in folders)
             if image is None or mask is None:
-                raise InputError(f"{path} line {n}: {e['image']} or {e['mask']} is not under {base} or its"
-                                 " category folder (a moved or partly copied output?)")
+                missing = " and ".join(f"its {k} {e[k]}" for k, p in (("image", image), ("mask", mask)) if p is None)
+                raise InputError(f"{path} line {n}: {missing} not found under {base} or its category folder"
+                                 " (a moved or partly copied output?)")
             stem = Path(e["image"]).stem
             named = (e.get("extra") or {}).get("source") if isinstance(e.get("extra"), dict) else None
             source = _first([*([base / named] if named else []),
@@ -104,6 +105,10 @@ def read_synthetic(out: str | Path, defect: str | None = None) -> list[Synthetic
         samples = _from_manifests(paths)
     elif defect is not None:
         samples = _from_folders(out, defect)
+        if not samples:  # say what was looked for, not just "no samples"
+            raise InputError(f"synthetic set {out}: no manifest*.jsonl, and no test/{defect} beside a"
+                             f" ground_truth/{defect} in it or in a category folder under it (expected an"
+                             " adabldm-run --out folder or an MVTec-layout category)")
     else:
         raise InputError(f"synthetic set {out}: no manifest*.jsonl in it or its parent (expected an adabldm-run"
                          " --out folder)")
