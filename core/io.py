@@ -72,11 +72,21 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_gray(path: str | Path) -> np.ndarray:
-    """uint8 (H, W) of a mask file (colour masks are converted to luminance)."""
+    """uint8 (H, W) of a mask file: colour masks as luminance, masks with alpha as
+    luminance x alpha (:func:`over_black`)."""
     array = read_image(path)
     if array.ndim == 3:
-        array = np.asarray(Image.fromarray(array[:, :, :3]).convert("L"))
+        gray = np.asarray(Image.fromarray(array[:, :, :3]).convert("L"))
+        array = over_black(gray, array[:, :, 3]) if array.shape[2] == 4 else gray
     return array
+
+
+def over_black(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 ``gray`` composited over black by ``alpha``: a transparent pixel of a mask is
+    unpainted. Editors often keep white (or any colour) under alpha 0, which taken as it
+    is made a mask painted on a transparent layer cover the whole image; opaque pixels
+    keep their value exactly."""
+    return ((gray.astype(np.uint32) * alpha + 127) // 255).astype(np.uint8)
 
 
 def _umask() -> int:

@@ -294,6 +294,14 @@ def _foreground_for(image_path: Path, fg_files: Sequence[Path], shape: tuple[int
     return fg
 
 
+def no_pixel_at_least(mask: np.ndarray, threshold: int) -> str:
+    """Why a uint8 mask marks nothing at ``threshold``, with its largest value: a 0/1 mask
+    (a common export) reads as empty, and 'no defect' alone left the user guessing."""
+    peak = int(mask.max())
+    hint = "; a 0/1 mask: scale it to 0/255" if peak == 1 else ""
+    return f"no pixel >= {threshold} (largest value {peak}{hint}; expected 0 for none, 255 for marked)"
+
+
 def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
     """OK images at the working resolution; unreadable ones are reported and skipped."""
     res = cfg.generation.resolution
@@ -313,7 +321,9 @@ def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
                 fg_raw = _foreground_for(path, fg_files, array.shape[:2])
                 fg = np.asarray(Image.fromarray(fg_raw).resize((res, res), Image.NEAREST)) >= 128
                 if not fg.any():
-                    raise InputError(f"foreground mask for {path} is empty (no pixel >= 128)")
+                    why = (no_pixel_at_least(fg_raw, 128) if not (fg_raw >= 128).any()
+                           else f"its foreground vanishes at {res} px")
+                    raise InputError(f"foreground mask for {path} is empty ({why})")
             images.append(_with_foreground(OkImage(str(path), prepare_ok_image(array, res), fg), cfg))
         except InputError as exc:
             log.warning("skipped: %s", exc)
@@ -351,7 +361,7 @@ def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
         try:
             mask = read_gray(path)
             if not (mask >= threshold).any():
-                raise InputError(f"defect mask {path} has no pixel >= {threshold} (no defect)")
+                raise InputError(f"defect mask {path} has {no_pixel_at_least(mask, threshold)}")
             masks.append((str(path), mask))
         except InputError as exc:
             log.warning("skipped: %s", exc)

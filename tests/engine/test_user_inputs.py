@@ -5,10 +5,13 @@ from __future__ import annotations
 import struct
 import zlib
 
+import adabldm_engine.job as job
+import numpy as np
 import pytest
-from adabldm_core.io import InputError, read_image
+from adabldm_core.io import InputError, read_gray, read_image
 from adabldm_engine.cli import main
 from click.testing import CliRunner
+from PIL import Image
 
 from adabldm_ref.config import AdaptConfig, MaskConfig, SamplerConfig
 
@@ -64,3 +67,39 @@ def test_image_past_the_decompression_bomb_limit_is_an_input_error(tmp_path):
     path = _png_header_only(tmp_path / "huge.png", 20000, 10000)
     with pytest.raises(InputError, match=r"huge\.png: too large to read safely .*200000000 pixels"):
         read_image(path)
+
+
+def test_mask_painted_on_a_transparent_layer_is_read_as_painted(tmp_path):
+    """White kept under alpha 0 (as editors save a layer) read as a mask over the whole
+    image: every sample's defect was the whole image, silently."""
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[8:16, 4:20, 3] = 255
+    rgba[20, 20, 3] = 128  # half-transparent: half the value
+    Image.fromarray(rgba).save(tmp_path / "m.png")
+    gray = read_gray(tmp_path / "m.png")
+    assert int((gray >= 200).sum()) == 8 * 16 and gray[20, 20] == 128 and gray[0, 0] == 0
+    Image.fromarray(np.stack([rgba[..., 3]] * 3 + [np.full((32, 32), 255, np.uint8)], -1)).save(tmp_path / "o.png")
+    np.testing.assert_array_equal(read_gray(tmp_path / "o.png"), rgba[..., 3])  # opaque: as it is
+    Image.fromarray(np.stack([rgba[..., 0], rgba[..., 3]], -1), "LA").save(tmp_path / "la.png")
+    assert int((read_gray(tmp_path / "la.png") >= 200).sum()) == 8 * 16
+
+
+def test_zero_one_masks_are_skipped_naming_their_largest_value(tmp_path, job_config, make_image):
+    """0/1 masks (a common export) were skipped as 'no pixel >= 200 (no defect)' alone."""
+    masks, fg, images = tmp_path / "masks", tmp_path / "fg", tmp_path / "images"
+    make_image(images / "a.png")
+    ones = np.zeros((64, 64), np.uint8)
+    ones[10:30, 10:30] = 1
+    for folder in (masks, fg):
+        folder.mkdir()
+        Image.fromarray(ones).save(folder / "a.png")
+    Image.fromarray(ones * 255).save(masks / "b.png")
+    skipped = []
+    source = job.load_mask_source(job_config(tmp_path / "out", masks=masks), skipped)
+    assert [name for name, _ in source.masks] == [str(masks / "b.png")]
+    assert len(skipped) == 1 and str(masks / "a.png") in skipped[0]
+    assert "no pixel >= 200 (largest value 1; a 0/1 mask: scale it to 0/255" in skipped[0]
+    with pytest.raises(InputError, match="none of the OK images"):
+        job.load_ok_images(job_config(tmp_path / "out", images=images, foreground=fg), skipped)
+    assert "foreground mask for" in skipped[1] and "largest value 1; a 0/1 mask" in skipped[1]
