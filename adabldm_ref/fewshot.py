@@ -12,6 +12,7 @@ Every error names the file and what was expected (InputError).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,8 @@ from PIL import Image
 from .masks import foreground_mask, resize_gray
 from .pairs import Background, Shot
 from .pipeline import prepare_ok_image
+
+log = logging.getLogger(__name__)
 
 MASK_SUFFIX = "_mask"
 FOREGROUND_AT = 128  # a foreground mask file is object where >= 128
@@ -128,32 +131,52 @@ def _foreground_file(image: Path, candidates: Sequence[Path]) -> Path:
 
 
 def load_backgrounds(
-    images: Path, resolution: int, foreground: Path | None = None, mode: str = "full"
+    images: Path, resolution: int, foreground: Path | None = None, mode: str = "full",
+    skipped: list[str] | None = None,
 ) -> list[Background]:
     """OK images at the working resolution with their foregrounds (a file per image from
-    ``foreground``, else :func:`foreground_mask` in ``mode``). Any unreadable file is an error."""
+    ``foreground``, else :func:`foreground_mask` in ``mode``).
+
+    An OK image that cannot be used (unreadable, or its foreground mask missing, of another
+    size or empty) is skipped with a warning naming it, its reason appended to ``skipped``,
+    as adabldm-run skips it: one damaged file among many OK images should not stop a
+    training. None usable is an InputError.
+    """
+    paths = list_images(images, "OK image")
     fg_files = list_images(foreground, "foreground mask") if foreground is not None else []
     out = []
-    for path in list_images(images, "OK image"):
-        array = read_image(path)
-        rgb = prepare_ok_image(array, resolution)
-        if fg_files:
-            fg_path = _foreground_file(path, fg_files)
-            fg_raw = read_gray(fg_path)
-            if fg_raw.shape != array.shape[:2]:
-                raise InputError(f"foreground mask {fg_path} ({fg_raw.shape[1]}x{fg_raw.shape[0]}) does not"
-                                 f" match image {path} ({array.shape[1]}x{array.shape[0]})")
-            fg = resize_gray(fg_raw, resolution, Image.NEAREST) >= FOREGROUND_AT
-            if not fg.any():
-                raise InputError(f"foreground mask {fg_path} is empty (no pixel >= {FOREGROUND_AT})")
-        else:
-            gray = np.asarray(Image.fromarray(rgb).convert("L"))
-            try:
-                fg = foreground_mask(gray, mode)
-            except ValueError as exc:
-                raise InputError(f"{path}: {exc}") from None
-        out.append(Background(path.name, rgb, fg))
+    for path in paths:
+        try:
+            out.append(_load_background(path, resolution, fg_files, mode))
+        except InputError as exc:
+            log.warning("skipped: %s", exc)
+            if skipped is not None:
+                skipped.append(str(exc))
+    if not out:
+        raise InputError(f"none of the {len(paths)} OK image(s) in {images} could be used (see the warnings)")
     return out
+
+
+def _load_background(path: Path, resolution: int, fg_files: Sequence[Path], mode: str) -> Background:
+    """One OK image and its foreground; an InputError names what is wrong with it."""
+    array = read_image(path)
+    rgb = prepare_ok_image(array, resolution)
+    if fg_files:
+        fg_path = _foreground_file(path, fg_files)
+        fg_raw = read_gray(fg_path)
+        if fg_raw.shape != array.shape[:2]:
+            raise InputError(f"foreground mask {fg_path} ({fg_raw.shape[1]}x{fg_raw.shape[0]}) does not"
+                             f" match image {path} ({array.shape[1]}x{array.shape[0]})")
+        fg = resize_gray(fg_raw, resolution, Image.NEAREST) >= FOREGROUND_AT
+        if not fg.any():
+            raise InputError(f"foreground mask {fg_path} is empty (no pixel >= {FOREGROUND_AT})")
+    else:
+        gray = np.asarray(Image.fromarray(rgb).convert("L"))
+        try:
+            fg = foreground_mask(gray, mode)
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    return Background(path.name, rgb, fg)
 
 
 def data_digest(backgrounds: Sequence[Background], shots: Sequence[Shot]) -> str:

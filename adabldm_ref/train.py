@@ -204,6 +204,7 @@ class TrainData:
     hosts: list[list[int]]  # per shot, the backgrounds that can hold it
     split: Split
     digest: str
+    skipped: list[str] = field(default_factory=list)  # OK images that could not be used, with why
 
 
 def load_data(cfg: TrainConfig) -> TrainData:
@@ -211,7 +212,8 @@ def load_data(cfg: TrainConfig) -> TrainData:
     files, split = split_files(pair_files(cfg.defects, cfg.defect_masks), cfg.shots, cfg.defects)
     aug = cfg.augment
     shots = [load_shot(f, cfg.resolution, aug.binarize_at) for f in files]
-    backgrounds = load_backgrounds(cfg.images, cfg.resolution, cfg.foreground, cfg.foreground_mode)
+    skipped: list[str] = []
+    backgrounds = load_backgrounds(cfg.images, cfg.resolution, cfg.foreground, cfg.foreground_mode, skipped)
     hosts = host_table(shots, backgrounds)
     for f, shot, host in zip(files, shots, hosts):
         if not host:
@@ -221,7 +223,7 @@ def load_data(cfg: TrainConfig) -> TrainData:
                 f" OK image's foreground ({cfg.images}, foreground "
                 + (f"masks {cfg.foreground})" if cfg.foreground else f"mode {cfg.foreground_mode})")
             )
-    return TrainData(backgrounds, shots, hosts, split, data_digest(backgrounds, shots))
+    return TrainData(backgrounds, shots, hosts, split, data_digest(backgrounds, shots), skipped)
 
 
 def initial_controlnet(unet, cfg: TrainConfig):
@@ -413,6 +415,7 @@ class TrainReport:
     start: int  # the step this invocation continued from (0: from scratch)
     final_loss: float | None
     record: dict = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # inputs left out (adabldm-train exits 3)
 
 
 def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainReport:
@@ -450,7 +453,8 @@ def _train_locked(cfg: TrainConfig, run: RunDir, progress: bool, on_step) -> Tra
     record = {
         "format_version": FORMAT_VERSION, "run_key": key, "settings": settings, "config": cfg.to_dict(),
         "prompt": cfg.prompt, "split": data.split.to_dict(),
-        "data": {"digest": data.digest, "ok_images": len(data.backgrounds), "shots": [s.name for s in data.shots]},
+        "data": {"digest": data.digest, "ok_images": len(data.backgrounds), "shots": [s.name for s in data.shots],
+                 "skipped": data.skipped},
         "model": {"name": models.name, "identity": identity, "init_controlnet": cfg.init_controlnet},
         "device": str(trainer.device), "optimizer": trainer.optimizer_name, "torch_threads": torch.get_num_threads(),
         "versions": tool_versions(),
@@ -485,7 +489,7 @@ def _train_locked(cfg: TrainConfig, run: RunDir, progress: bool, on_step) -> Tra
     save_controlnet(run, trainer.controlnet)
     write_png(run.loss_plot, loss_plot(history))
     write_record(run, record, cfg.steps, cfg.steps, final, "done", history)
-    return TrainReport(run.root, cfg.steps, start, final, json.loads(run.record.read_text()))
+    return TrainReport(run.root, cfg.steps, start, final, json.loads(run.record.read_text()), data.skipped)
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_ERROR, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 3, 130  # adabldm-run's codes
 
 # Help sections: option name -> section, in this order.
 GROUPS = {
@@ -107,7 +107,8 @@ def main(quiet, scale_range, device, **options):
     Rerunning the same command resumes from the last checkpoint and reaches the same
     weights as an uninterrupted run; other settings on the same --out are refused.
     The result, OUT/controlnet, loads in adabldm-run --controlnet and adabldm-export --controlnet.
-    Exit codes: 0 done, 1 error, 2 usage, 130 interrupted (resume by rerunning).
+    Exit codes: 0 done, 1 error, 2 usage, 3 done but unusable OK images skipped (named in
+    the warnings and train.json), 130 interrupted (resume by rerunning).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     try:
@@ -129,6 +130,11 @@ def main(quiet, scale_range, device, **options):
     loss = f"{report.final_loss:.4f}" if report.final_loss is not None else "n/a"
     click.echo(f"trained {report.steps} steps ({how}); final loss {loss}; ControlNet in {report.out / 'controlnet'}",
                err=True)
+    if report.skipped:
+        for reason in report.skipped:  # again at the end: the warnings scrolled away behind the progress bar
+            click.echo(f"skipped: {reason}", err=True)
+        click.echo(f"{len(report.skipped)} OK image(s) skipped (train.json: data.skipped)", err=True)
+        sys.exit(EXIT_SKIPPED)
 
 
 if __name__ == "__main__":

@@ -340,15 +340,13 @@ def _edit(data_dir: Path, tmp_path: Path, case: str) -> tuple[Path, dict, str]:
     elif case == "corrupt defect":
         (root / "defects" / "001.png").write_bytes(b"not a png")
         want = "001.png: not a readable image"
-    elif case == "corrupt OK image":
-        (root / "ok" / "gravel.png").write_bytes(b"\x89PNG broken")
-        want = "gravel.png: not a readable image"
     return root, kw, want
 
 
 @pytest.mark.parametrize("case", ["mask size", "empty mask", "unpaired image", "unpaired mask", "too few shots",
-                                  "fits nowhere", "corrupt defect", "corrupt OK image"])
+                                  "fits nowhere", "corrupt defect"])
 def test_bad_input_is_an_error_naming_the_file(data_dir, tmp_path, case):
+    # (a corrupt OK image among usable ones is skipped: tests/ref/test_train_user_data.py)
     root, kw, want = _edit(data_dir, tmp_path, case)
     with pytest.raises(InputError, match=want):
         load_data(config(root, tmp_path / "run", **kw))

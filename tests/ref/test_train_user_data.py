@@ -5,6 +5,7 @@ Tiny model, 64 px, one or two steps; real textures from scikit-image with drawn 
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
 from adabldm_ref.models import ModelLoadError, load_controlnet
-from adabldm_ref.train import TrainConfig, train
+from adabldm_ref.train import TrainConfig, load_data, train
 from adabldm_ref.train_cli import main as train_main
 
 SIZE = 96
@@ -142,3 +143,34 @@ def test_controlnet_accepts_the_run_directory_and_names_a_wrong_folder(mvtec, tm
     (out / "controlnet").rename(tmp_path / "moved")  # a run that has not finished yet
     with pytest.raises(ModelLoadError, match="run directory whose training has not finished"):
         load_controlnet(out, tiny.unet)
+
+
+# ---------------------------------------------------------------------------------------
+# A damaged OK image among usable ones
+
+
+def test_a_corrupt_ok_image_is_skipped_with_a_warning_naming_it(mvtec, tmp_path):
+    """Was 'error: ...gravel.png: not a readable image' and no training (adabldm-run skips it)."""
+    root = tmp_path / "data"
+    shutil.copytree(mvtec, root)
+    good = root / "train/good"
+    (good / "gravel.png").write_bytes((good / "gravel.png").read_bytes()[:300])  # truncated
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_main, cli_args(root, out))
+    assert result.exit_code == 3, result.output
+    assert "skipped:" in result.output and "gravel.png: not a readable image" in result.output
+    record = json.loads((out / "train.json").read_text())
+    assert record["status"] == "done" and record["data"]["ok_images"] == 2
+    assert len(record["data"]["skipped"]) == 1 and "gravel.png" in record["data"]["skipped"][0]
+    assert (out / "controlnet" / "config.json").is_file()
+    rerun = CliRunner().invoke(train_main, cli_args(root, out, "--steps", "2"))  # same data: it continues
+    assert rerun.exit_code == 3 and "continued from step 1" in rerun.output, rerun.output
+
+
+def test_no_usable_ok_image_is_an_error(mvtec, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(mvtec, root)
+    for path in (root / "train/good").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(InputError, match=r"none of the 3 OK image\(s\) in .*good could be used"):
+        load_data(config(root, tmp_path / "run"))
