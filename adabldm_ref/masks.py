@@ -42,6 +42,13 @@ def resize_gray(mask: np.ndarray, size: int, resample=Image.BILINEAR) -> np.ndar
     return np.asarray(Image.fromarray(mask).resize((size, size), resample))
 
 
+def touched_at(mask: np.ndarray, size: int) -> np.ndarray:
+    """(size, size) uint8 0/255 of every output pixel a bool ``mask`` touches (area
+    coverage > 0): a defect thinner than a pixel at ``size``, which a plain resize and the
+    threshold would lose entirely, keeps at least one pixel of width."""
+    return np.where(resize_gray(mask.astype(np.float32), size, Image.BOX) > 0, 255, 0).astype(np.uint8)
+
+
 # Otsu components smaller than this fraction of the image are specks of lit background,
 # not objects (a 256 px image: 327 px, about 18 x 18).
 FOREGROUND_MIN_AREA = 0.005

@@ -51,6 +51,8 @@ from adabldm_ref.masks import (
     FOREGROUND_MIN_AREA,
     PlacementError,
     foreground_mask,
+    resize_gray,
+    touched_at,
 )
 from adabldm_ref.models import load_models
 from adabldm_ref.pipeline import (
@@ -356,12 +358,19 @@ def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
     if cfg.masks is None:
         return ProceduralMasks(tuple(cfg.procedural))
     masks = []
-    threshold = cfg.generation.masks.binarize_at
+    threshold, res = cfg.generation.masks.binarize_at, cfg.generation.resolution
     for path in list_images(cfg.masks, "defect mask"):
         try:
             mask = read_gray(path)
             if not (mask >= threshold).any():
                 raise InputError(f"defect mask {path} has {no_pixel_at_least(mask, threshold)}")
+            if not (resize_gray(mask, res) >= threshold).any():
+                # Thinner than a pixel at the resolution (a 2 px scratch of a 1024 px mask at
+                # 256): each sample drawing it failed, naming no file. Masks that survive the
+                # resize are kept as they are (their bytes are in the run key).
+                mask = touched_at(mask >= threshold, res)
+                log.warning("defect mask %s: its defect is thinner than a pixel at %d px; resampled to"
+                            " every pixel it touches", path, res)
             masks.append((str(path), mask))
         except InputError as exc:
             log.warning("skipped: %s", exc)

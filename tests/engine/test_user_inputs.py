@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from adabldm_ref.config import AdaptConfig, MaskConfig, SamplerConfig
+from adabldm_ref.pipeline import OkImage, RealMasks, plan_sample
 
 
 def run_cli(*args):
@@ -103,3 +104,29 @@ def test_zero_one_masks_are_skipped_naming_their_largest_value(tmp_path, job_con
     with pytest.raises(InputError, match="none of the OK images"):
         job.load_ok_images(job_config(tmp_path / "out", images=images, foreground=fg), skipped)
     assert "foreground mask for" in skipped[1] and "largest value 1; a 0/1 mask" in skipped[1]
+
+
+def test_mask_thinner_than_a_pixel_at_the_resolution_is_resampled_not_lost(tmp_path, job_config):
+    """A 2 px scratch of a 1024 px mask vanished in the resize to 64 px: every sample
+    drawing it failed with 'defect mask has no pixel >= the binarisation threshold',
+    naming no file (exit 3, or 1 when it was the only mask)."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    thin = np.zeros((1024, 1024), np.uint8)
+    thin[500:502, 100:900] = 255
+    Image.fromarray(thin).save(masks / "scratch.png")
+    blob = np.zeros((100, 100), np.uint8)
+    blob[30:70, 30:70] = 255
+    Image.fromarray(blob).save(masks / "zblob.png")
+    cfg = job_config(tmp_path / "out", masks=masks)
+    source = job.load_mask_source(cfg, skipped := [])
+    assert skipped == []
+    (_, scratch), (_, kept) = source.masks
+    np.testing.assert_array_equal(kept, blob)  # a mask that survives the resize: as read (run key)
+    assert scratch.shape == (64, 64) and set(np.unique(scratch)) == {0, 255}
+    rows, cols = np.nonzero(scratch)
+    assert set(rows) == {31} and cols.min() == 100 // 16 and cols.max() == 899 // 16
+    ok = OkImage("ok", np.full((64, 64, 3), 128, np.uint8))
+    only = RealMasks(source.masks[:1])
+    plan = plan_sample(0, cfg.generation, [ok], only)
+    assert plan.mask.sum() == len(cols) and plan.mask_source == str(masks / "scratch.png")
