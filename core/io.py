@@ -36,8 +36,20 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
         raise InputError(f"{what} folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise InputError(f"{what} folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        hint = _subfolder_hint(folder)
+        raise InputError(f"{what} folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)}){hint}")
     return files
+
+
+def _subfolder_hint(folder: Path) -> str:
+    """Where the images are if ``folder`` is one level too high (MVTec's test/ instead of
+    test/<defect>): its subfolders that hold images, so the user sees which to pass."""
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and any(q.suffix.lower() in IMAGE_SUFFIXES for q in p.iterdir()))
+    if not subs:
+        return ""
+    shown = ", ".join(subs[:8]) + (f" and {len(subs) - 8} more" if len(subs) > 8 else "")
+    return f"; its subfolders {shown} do: pass one of them (e.g. {folder / subs[0]})"
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

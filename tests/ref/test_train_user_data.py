@@ -174,3 +174,13 @@ def test_no_usable_ok_image_is_an_error(mvtec, tmp_path):
         path.write_bytes(b"not an image")
     with pytest.raises(InputError, match=r"none of the 3 OK image\(s\) in .*good could be used"):
         load_data(config(root, tmp_path / "run"))
+
+
+def test_the_mvtec_parent_folder_names_the_subfolders_to_pass(mvtec, tmp_path):
+    """``--defects mvtec/bottle/test`` (one level too high) said only 'holds no image'."""
+    args = cli_args(mvtec, tmp_path / "run")
+    args[args.index("--defects") + 1] = str(mvtec / "test")
+    result = CliRunner().invoke(train_main, args)
+    assert result.exit_code == 1 and f"defect image folder {mvtec / 'test'} holds no image" in result.output
+    assert f"its subfolders scratch do: pass one of them (e.g. {mvtec / 'test' / 'scratch'})" in result.output
+    assert not (tmp_path / "run").exists()
