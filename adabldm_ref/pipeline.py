@@ -20,6 +20,7 @@ from .adaptation import AdaptResult, adapt_decoder
 from .config import LATENT_STRIDE, AdaptConfig, GenerationConfig
 from .masks import (
     Placement,
+    PlacementError,
     SizedToForeground,
     component_sides,
     foreground_mask,
@@ -168,7 +169,10 @@ def plan_sample(
         gray = np.asarray(Image.fromarray(ok.rgb).convert("L"))
         fg = foreground_mask(gray, cfg.masks.foreground)
     mask_name, source_mask = sized_to_foreground(masks, fg, cfg.resolution).draw(rng, cfg.resolution)
-    mask, placement = place_defect(source_mask, fg, cfg.masks, rng)
+    try:
+        mask, placement = place_defect(source_mask, fg, cfg.masks, rng)
+    except PlacementError as exc:  # name the mask and the image: which one to fix or drop
+        raise PlacementError(f"{mask_name} on {ok.name}: {exc}") from None
     trimap = make_trimap(fg, mask)
     m_keep = latent_keep_mask(trimap, LATENT_STRIDE, cfg.masks)
     return SamplePlan(index, seed, ok.name, mask_name, ok.rgb, trimap, mask, m_keep, placement)

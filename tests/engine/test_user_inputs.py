@@ -13,7 +13,8 @@ from adabldm_engine.cli import main
 from click.testing import CliRunner
 from PIL import Image
 
-from adabldm_ref.config import AdaptConfig, MaskConfig, SamplerConfig
+from adabldm_ref.config import AdaptConfig, GenerationConfig, MaskConfig, SamplerConfig
+from adabldm_ref.masks import PlacementError
 from adabldm_ref.pipeline import OkImage, RealMasks, plan_sample
 
 
@@ -130,3 +131,14 @@ def test_mask_thinner_than_a_pixel_at_the_resolution_is_resampled_not_lost(tmp_p
     only = RealMasks(source.masks[:1])
     plan = plan_sample(0, cfg.generation, [ok], only)
     assert plan.mask.sum() == len(cols) and plan.mask_source == str(masks / "scratch.png")
+
+
+def test_defect_that_fits_nowhere_names_its_mask_and_image():
+    """'sample 0002 skipped: defect of 64x64 px ... fits nowhere' left the user to guess
+    which mask file (of a folder) and which OK image to fix."""
+    fg = np.zeros((64, 64), bool)
+    fg[10:40, 10:40] = True
+    ok = OkImage("images/bottle_3.png", np.full((64, 64, 3), 128, np.uint8), fg)
+    masks = RealMasks((("masks/all_white.png", np.full((64, 64), 255, np.uint8)),))
+    with pytest.raises(PlacementError, match=r"^masks/all_white\.png on images/bottle_3\.png: defect of 64x64 px"):
+        plan_sample(0, GenerationConfig(resolution=64), [ok], masks)
