@@ -105,6 +105,15 @@ def split_files(files: Sequence[ShotFile], shots: int | None, where: Path) -> tu
     return list(files[:k]), split
 
 
+def low_mask_hint(mask: np.ndarray) -> str:
+    """Why a mask with pixels set but none at the threshold is empty: label maps saved as
+    0/1 (or 0..k) look black and are a common way to bring masks; say so and how to fix."""
+    top = int(mask.max())
+    if top == 0:
+        return ""
+    return f"; its largest value is {top}: masks are 0 (good) / 255 (defect), e.g. a 0/1 mask times 255"
+
+
 def load_shot(file: ShotFile, resolution: int, threshold: int) -> Shot:
     """A real defect at the working resolution: image bicubic, mask bilinear then >= threshold
     (as generation resizes masks), so training trimaps are as crisp as generation's."""
@@ -115,7 +124,7 @@ def load_shot(file: ShotFile, resolution: int, threshold: int) -> Shot:
             f" its image {file.image} ({rgb.shape[1]}x{rgb.shape[0]})"
         )
     if not (mask >= threshold).any():
-        raise InputError(f"defect mask {file.mask} has no pixel >= {threshold} (no defect)")
+        raise InputError(f"defect mask {file.mask} has no pixel >= {threshold} (no defect){low_mask_hint(mask)}")
     small = resize_gray(mask, resolution) >= threshold
     if not small.any():
         raise InputError(f"defect mask {file.mask}: its defect vanishes at {resolution} px (thinner than a pixel)")

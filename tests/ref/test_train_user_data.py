@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from adabldm_core.io import LOCK_NAME, InputError, folder_lock
@@ -184,3 +185,17 @@ def test_the_mvtec_parent_folder_names_the_subfolders_to_pass(mvtec, tmp_path):
     assert result.exit_code == 1 and f"defect image folder {mvtec / 'test'} holds no image" in result.output
     assert f"its subfolders scratch do: pass one of them (e.g. {mvtec / 'test' / 'scratch'})" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("top", [0, 1])
+def test_an_empty_or_0_1_defect_mask_is_an_error_that_says_why(mvtec, tmp_path, top):
+    """A 0/1 mask (a label map) said only 'no pixel >= 200 (no defect)', as an all-black one."""
+    root = tmp_path / "data"
+    shutil.copytree(mvtec, root)
+    path = root / "ground_truth/scratch/000_mask.png"
+    mask = (np.asarray(Image.open(path)) >= 128).astype(np.uint8) * top
+    Image.fromarray(mask).save(path)
+    result = CliRunner().invoke(train_main, cli_args(root, tmp_path / "run"))
+    assert result.exit_code == 1 and "000_mask.png has no pixel >= 200 (no defect)" in result.output
+    assert ("its largest value is 1: masks are 0 (good) / 255 (defect)" in result.output) == (top == 1)
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
