@@ -102,6 +102,16 @@ def check_category(category: str) -> str:
     return category
 
 
+def check_defect(defect: str) -> str:
+    """``defect`` if it can name one folder (test/DEFECT, ground_truth/DEFECT and
+    runs/DEFECT.json), else ValueError: '../x' wrote the run record and samples outside
+    --out, and '' or '.' put the images straight into test/. Spaces are kept (a prompt word)."""
+    if not defect or defect != defect.strip() or defect.startswith(".") or re.search(r"[/\\\x00-\x1f]", defect):
+        raise ValueError(f"--defect {defect!r}: expected a folder name, not empty, without '/', '\\',"
+                         " control characters, a leading '.' or surrounding spaces (e.g. broken_large)")
+    return defect
+
+
 @dataclass(frozen=True)
 class JobConfig:
     out: Path
@@ -144,6 +154,7 @@ class JobConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "category",
                            check_category(self.category or category_name(self.generation.object_name)))
+        check_defect(self.generation.defect)
         if self.num < 1:
             raise ValueError(f"--num {self.num}: expected at least 1 sample")
         if self.batch_size < 1:

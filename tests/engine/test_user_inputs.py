@@ -142,3 +142,17 @@ def test_defect_that_fits_nowhere_names_its_mask_and_image():
     masks = RealMasks((("masks/all_white.png", np.full((64, 64), 255, np.uint8)),))
     with pytest.raises(PlacementError, match=r"^masks/all_white\.png on images/bottle_3\.png: defect of 64x64 px"):
         plan_sample(0, GenerationConfig(resolution=64), [ok], masks)
+
+
+@pytest.mark.parametrize("defect", ["../../escape", "a/b", "", ".", " crack"])
+def test_defect_that_is_no_folder_name_is_a_usage_error_that_writes_nothing(tmp_path, defect):
+    """--defect ../../escape wrote runs/../../escape.json and extra/../../escape/ outside
+    --out; '' and '.' put the images straight into test/ (no MVTec defect folder)."""
+    result = run_cli("--batch", "--model", "tiny", "--out", tmp_path / "out", "--defect", defect)
+    assert result.exit_code == 2, result.output
+    assert f"--defect {defect!r}: expected a folder name" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_defect_with_a_space_is_a_folder_name():
+    assert job.check_defect("broken large") == "broken large"
