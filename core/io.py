@@ -198,8 +198,12 @@ def folder_lock(folder: str | Path, name: str = LOCK_NAME) -> Iterator[Path]:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file: expected a folder (or a path to make one)")
     made = [p for p in (folder, *folder.parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = _lock(folder / name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _lock(folder / name)
+    except OSError as exc:  # read-only or not permitted: the user's --out, not a bug; no traceback
+        _remove_empty(made)
+        raise InputError(f"{folder}: cannot write there ({exc.strerror or exc}): choose another --out") from None
     try:
         yield folder
     finally:
@@ -207,11 +211,16 @@ def folder_lock(folder: str | Path, name: str = LOCK_NAME) -> Iterator[Path]:
             (folder / name).unlink(missing_ok=True)  # still ours: nobody else can hold it
         finally:
             os.close(fd)  # releases the lock
-        for path in made:  # innermost first; stops at the first folder with content
-            try:
-                path.rmdir()
-            except OSError:
-                break
+        _remove_empty(made)
+
+
+def _remove_empty(made: list[Path]) -> None:
+    """Remove the folders made for a lock, innermost first; stops at the first with content."""
+    for path in made:
+        try:
+            path.rmdir()
+        except OSError:
+            break
 
 
 def _lock(path: Path) -> int:

@@ -199,3 +199,13 @@ def test_an_empty_or_0_1_defect_mask_is_an_error_that_says_why(mvtec, tmp_path, 
     assert result.exit_code == 1 and "000_mask.png has no pixel >= 200 (no defect)" in result.output
     assert ("its largest value is 1: masks are 0 (good) / 255 (defect)" in result.output) == (top == 1)
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_an_out_that_cannot_be_made_is_an_error_naming_it(mvtec, tmp_path):
+    """Was a NotADirectoryError / PermissionError traceback from mkdir."""
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = tmp_path / "notes.txt" / "run"
+    result = CliRunner().invoke(train_main, cli_args(mvtec, out))
+    assert result.exit_code == 1, result.output
+    assert f"error: {out}: cannot write there (Not a directory): choose another --out" in result.output
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
