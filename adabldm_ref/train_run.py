@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -78,7 +79,14 @@ class RunDir:
     def checkpoint_steps(self) -> list[int]:
         if not self.checkpoints.is_dir():
             return []
-        return sorted(int(p.stem.split("-")[1]) for p in self.checkpoints.glob("step-*.pt"))
+        return sorted(s for p in self.checkpoints.glob("step-*.pt") if (s := checkpoint_step(p.name)) is not None)
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a checkpoint file name ``step-NNNNNNNN.pt``; None for any other name
+    ('step-00001000 (copy).pt' from a file manager), which is not ours and is left alone."""
+    match = re.fullmatch(r"step-(\d+)\.pt", name)
+    return int(match[1]) if match else None
 
 
 def save_checkpoint(run: RunDir, state: dict, keep: int) -> Path:

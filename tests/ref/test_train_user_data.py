@@ -209,3 +209,15 @@ def test_an_out_that_cannot_be_made_is_an_error_naming_it(mvtec, tmp_path):
     assert result.exit_code == 1, result.output
     assert f"error: {out}: cannot write there (Not a directory): choose another --out" in result.output
     assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+def test_a_stray_file_in_checkpoints_does_not_stop_the_resume(mvtec, tmp_path):
+    """A file manager's 'step-00000001 (copy).pt' stopped the rerun with
+    "error: invalid literal for int() with base 10: '00000001 (copy)'"."""
+    out = tmp_path / "run"
+    train(config(mvtec, out), progress=False)
+    stray = out / "checkpoints" / "step-00000001 (copy).pt"
+    shutil.copy(out / "checkpoints" / "step-00000001.pt", stray)
+    result = CliRunner().invoke(train_main, cli_args(mvtec, out, "--steps", "2", "--lr", "1e-3"))
+    assert result.exit_code == 0 and "continued from step 1" in result.output, result.output
+    assert stray.is_file() and (out / "checkpoints" / "step-00000002.pt").is_file()
