@@ -161,6 +161,9 @@ def open_run(run: RunDir, steps: int, settings: dict) -> int:
                         torch.get_num_threads())
         done = run.checkpoint_steps()
         start = done[-1] if done else 0
+        if not done and old.get("step"):  # checkpoints deleted to save space: hours of work redone
+            log.warning("%s records step %s but %s holds no checkpoint: training again from step 0",
+                        run.record, old["step"], run.checkpoints)
         if start > steps:
             raise TrainError(f"{run.root} has reached step {start}, beyond --steps {steps}")
         return start

@@ -221,3 +221,14 @@ def test_a_stray_file_in_checkpoints_does_not_stop_the_resume(mvtec, tmp_path):
     result = CliRunner().invoke(train_main, cli_args(mvtec, out, "--steps", "2", "--lr", "1e-3"))
     assert result.exit_code == 0 and "continued from step 1" in result.output, result.output
     assert stray.is_file() and (out / "checkpoints" / "step-00000002.pt").is_file()
+
+
+def test_a_run_whose_checkpoints_were_deleted_says_it_starts_again(mvtec, tmp_path, caplog):
+    """Extending a finished run after deleting checkpoints/ silently retrained from step 0."""
+    out = tmp_path / "run"
+    train(config(mvtec, out), progress=False)
+    shutil.rmtree(out / "checkpoints")
+    with caplog.at_level("WARNING"):
+        report = train(config(mvtec, out, steps=2), progress=False)
+    assert report.start == 0
+    assert "records step 1 but" in caplog.text and "holds no checkpoint: training again from step 0" in caplog.text
