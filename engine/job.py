@@ -112,6 +112,22 @@ def check_defect(defect: str) -> str:
     return defect
 
 
+def check_inputs_apart(out: Path, category: str, inputs: dict[str, Path | None]) -> None:
+    """ValueError if an input folder (option name -> folder) is one the job writes into:
+    the run root itself (its contact sheets became OK images of the next run, which then
+    refused to resume), or inside the category, extra/ or runs/. A folder beside the
+    outputs (--out data --images data/good) is fine: inputs are listed one level deep."""
+    root = out.resolve()
+    written = [root / category, root / "extra", root / "runs"]
+    for option, folder in inputs.items():
+        if folder is None:
+            continue
+        path = folder.resolve()
+        if path == root or any(path.is_relative_to(w) for w in written):
+            raise ValueError(f"{option} {folder} is inside what --out {out} writes: its outputs would mix with"
+                             " the inputs; choose another --out (e.g. a new folder beside the inputs)")
+
+
 @dataclass(frozen=True)
 class JobConfig:
     out: Path
@@ -155,6 +171,8 @@ class JobConfig:
         object.__setattr__(self, "category",
                            check_category(self.category or category_name(self.generation.object_name)))
         check_defect(self.generation.defect)
+        check_inputs_apart(self.out, self.category,
+                           {"--images": self.images, "--masks": self.masks, "--foreground": self.foreground})
         if self.num < 1:
             raise ValueError(f"--num {self.num}: expected at least 1 sample")
         if self.batch_size < 1:

@@ -156,3 +156,25 @@ def test_defect_that_is_no_folder_name_is_a_usage_error_that_writes_nothing(tmp_
 
 def test_defect_with_a_space_is_a_folder_name():
     assert job.check_defect("broken large") == "broken large"
+
+
+@pytest.mark.parametrize("out", [".", "out_in_images/.."])
+def test_out_that_is_the_images_folder_is_a_usage_error_that_writes_nothing(tmp_path, make_image, out):
+    """--images X --out X wrote the run's files among the OK images; the next run took its
+    contact sheet for an OK image and refused to resume ('other settings: inputs ...')."""
+    images = tmp_path / "images"
+    make_image(images / "a.png")
+    before = sorted(images.iterdir())
+    result = run_cli("--batch", "--model", "tiny", "--images", images, "--out", images / out)
+    assert result.exit_code == 2, result.output
+    assert f"--images {images} is inside what --out" in result.output
+    assert sorted(images.iterdir()) == before
+
+
+def test_inputs_beside_the_outputs_are_fine_inside_them_not(tmp_path):
+    root = tmp_path / "data"
+    job.check_inputs_apart(root, "bottle", {"--images": root / "good", "--masks": root / "masks", "--foreground": None})
+    job.check_inputs_apart(root / "synth", "bottle", {"--images": root})  # --out inside an input folder
+    for inside in (root, root / "bottle" / "test" / "crack", root / "extra", root / "runs"):
+        with pytest.raises(ValueError, match="is inside what --out"):
+            job.check_inputs_apart(root, "bottle", {"--masks": inside})
