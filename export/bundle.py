@@ -4,10 +4,12 @@ unfinished export.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
 import platform
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,6 +53,8 @@ class ExportConfig:
     force: bool = False  # overwrite a non-empty --out
 
     def __post_init__(self):
+        if self.resolution <= 0 or self.resolution % 64:  # as adabldm-run; checked before anything is written
+            raise ValueError(f"resolution {self.resolution}: expected a positive multiple of 64")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes {self.batch_sizes}: expected positive integers")
         object.__setattr__(self, "precision", Precision.of(self.precision, EXPORT_PRECISIONS, "export precision"))
@@ -117,14 +121,58 @@ def worst_rel_l2(report: dict[str, dict[str, float]]) -> float:
     return max(v["rel_l2"] for v in report.values())
 
 
+def staging_dir(out: Path) -> Path:
+    """Where an export is written before it replaces ``out``'s bundle (a sibling: same file system)."""
+    out = out.resolve()  # "." or "x/.." have no name of their own
+    return out.with_name(f".{out.name}.exporting")
+
+
+def install_staged(staged: Path, out: Path) -> None:
+    """Move every entry of ``staged`` into ``out``, replacing same-named ones, the manifest last.
+
+    Entries of ``out`` the export does not write (``trt/``, the user's files) stay."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # from here until the last rename: an unfinished bundle
+    for entry in sorted(staged.iterdir(), key=lambda p: p.name == MANIFEST):
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        entry.rename(target)
+    staged.rmdir()
+
+
 def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Export every network of ``models`` into ``cfg.out``; raise if one fails validation."""
+    """Export every network of ``models`` into ``cfg.out``; raise if one fails validation.
+
+    The bundle is written into a staging folder and moved into ``cfg.out`` only once every
+    graph passed: a failed, interrupted or refused export leaves an existing bundle as it was
+    (``--force`` used to delete its manifest first, so a bad --ok-images file lost it)."""
 
     out = cfg.out
     if (out / MANIFEST).exists() and not cfg.force:
         raise BundleError(f"{out} already holds a bundle; pass --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"--out {out} is a file: expected a bundle folder")
+    staged = staging_dir(out)
+    shutil.rmtree(staged, ignore_errors=True)  # an interrupted export's leftovers
+    try:
+        manifest = _export_into(models, dataclasses.replace(cfg, out=staged), cfg, progress)
+        install_staged(staged, out)
+    except ExportValidationError:
+        out.mkdir(parents=True, exist_ok=True)  # the report stays where the user looks for it
+        (staged / "validation.json").replace(out / "validation.json")
+        raise
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return manifest
+
+
+def _export_into(models: Models, cfg: ExportConfig, user_cfg: ExportConfig, progress: Callable[[str], None]) -> dict:
+    """The export itself, into ``cfg.out`` (the staging folder); ``user_cfg``: as asked, for the record."""
+    out = cfg.out
+    out.mkdir(parents=True)
     specs = network_specs(models, cfg.resolution, cfg.split_controlnet)
     modules = network_modules(models)
     vocab = models.text_encoder.config.vocab_size
@@ -144,7 +192,7 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
     write_json(out / "validation.json", {k: v["validation"] for k, v in networks.items()})
     if failures:
         raise ExportValidationError("exported graphs disagree with PyTorch: " + "; ".join(failures)
-                                    + f" (report: {out / 'validation.json'})")
+                                    + f" (report: {user_cfg.out / 'validation.json'})")
     progress("writing decoder weights and manifest")
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -162,7 +210,7 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         "tokenizer": _write_tokenizer(models, out),
         "tools": tool_versions(),
         "calibration": {"capture": "calibration/capture.json"},
-        "export_settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "export_settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(user_cfg).items()},
     }
     write_json(out / MANIFEST, manifest)
     return manifest

@@ -19,18 +19,26 @@ def _batches(ctx, param, value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _resolution(ctx, param, value: int) -> int:
+    # A usage error (exit 2) before the model loads: the graphs are static in space, and the
+    # reference checked it only inside the capture, after --out was created.
+    if value <= 0 or value % 64:
+        raise click.BadParameter(f"{value}: expected a positive multiple of 64 (256 is the reference)")
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle folder to write.")
 @click.option("--model", default="demo", show_default=True, envvar="ADABLDM_MODEL", help="demo (the shipped demo model; --controlnet crack|scratch|stain picks its ControlNet, default crack), tiny (random, for tests) or a local diffusers SD-1.5 directory; env ADABLDM_MODEL.")
 @click.option("--controlnet", help="Local ControlNet: diffusers directory or .safetensors file.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
-@click.option("--resolution", default=256, show_default=True, help="Working resolution (static in the graphs).")
+@click.option("--resolution", default=256, show_default=True, callback=_resolution, help="Working resolution, a multiple of 64 (static in the graphs).")
 @click.option("--batch", "batch_sizes", default="1,4", show_default=True, callback=_batches, help="Sample batch sizes the bundle serves (dynamic axis; CFG graphs take 2x).")
 @click.option("--opset", default=17, show_default=True, help="ONNX opset of the TorchScript exporter.")
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (opset 18; needs onnxscript).")
 @click.option("--split-controlnet", is_flag=True, help="Export ControlNet and UNet as two graphs instead of one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
-@click.option("--ok-images", type=click.Path(file_okay=False, path_type=Path), help="Folder of OK images whose runs are captured for validation and calibration. [default: scikit-image textures]")
+@click.option("--ok-images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of OK images whose runs are captured for validation and calibration. [default: scikit-image textures]")
 @click.option("--capture-steps", default=10, show_default=True, help="DDIM steps of the captured reference runs.")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle in --out.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines into OUT/trt (needs tensorrt and a CUDA GPU); on an existing bundle without --force, build only the engines.")
