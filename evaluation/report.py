@@ -66,6 +66,12 @@ def plot_pil(curves: dict, title: str, width: int = 500, height: int = 400) -> n
         draw.text((left - 28, bottom - v * (bottom - top) - 6), f"{v:.1f}", fill=(0, 0, 0))
         draw.text((left + v * (right - left) - 8, bottom + 6), f"{v:.1f}", fill=(0, 0, 0))
     draw.text(((left + right) // 2 - 40, bottom + 20), "recall (pixels)", fill=(0, 0, 0))
+    # The y axis is named as in the matplotlib plot (it had only its tick values): text
+    # drawn on a strip, turned upright along the left margin.
+    strip = Image.new("RGB", (100, 12), (255, 255, 255))
+    ImageDraw.Draw(strip).text((0, 0), "precision", fill=(0, 0, 0))
+    strip = strip.rotate(90, expand=True)
+    image.paste(strip, (2, (top + bottom) // 2 - 50))
     for k, (name, (recall, precision)) in enumerate(curves.items()):
         colour = COLOURS[k % len(COLOURS)]
         pts = [(left + r * (right - left), bottom - p * (bottom - top)) for r, p in zip(recall, precision)]
