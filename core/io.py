@@ -34,11 +34,18 @@ def list_images(folder: str | Path, what: str) -> list[Path]:
         raise InputError(f"{what} folder {folder} is a file: expected a folder of images")
     if not folder.is_dir():
         raise InputError(f"{what} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.iterdir() if _is_image_name(p.name) and p.is_file())
     if not files:
         hint = _subfolder_hint(folder)
         raise InputError(f"{what} folder {folder} holds no image ({', '.join(IMAGE_SUFFIXES)}){hint}")
     return files
+
+
+def _is_image_name(name: str) -> bool:
+    """An image suffix, and not macOS's AppleDouble metadata ('._NAME.png', beside each file
+    copied from a Mac to another filesystem): never an image, each one was skipped with a
+    warning and made every run exit 3."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("._")
 
 
 def _subfolder_hint(folder: Path) -> str:

@@ -13,7 +13,7 @@ import zlib
 import adabldm_engine.job as job
 import numpy as np
 import pytest
-from adabldm_core.io import InputError, read_gray, read_image
+from adabldm_core.io import InputError, list_images, read_gray, read_image
 from adabldm_engine.cli import main
 from click.testing import CliRunner
 from PIL import Image
@@ -209,3 +209,11 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path, make_image):
     lines = (out / "manifest.jsonl").read_text().splitlines()
     assert 1 <= len(lines) < 200 and (out / "contact_sheet_defect.png").is_file()
     assert not list(out.rglob("*.tmp")) and not (out / ".adabldm.lock").exists()
+
+
+def test_macos_appledouble_files_are_not_images(tmp_path, make_image):
+    """'._a.png' (AppleDouble metadata from a Mac) was read, skipped with a warning, and the
+    run exited 3 every time."""
+    make_image(tmp_path / "a.png")
+    (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
+    assert [p.name for p in list_images(tmp_path, "OK image")] == ["a.png"]
