@@ -48,12 +48,26 @@ class CalibrateConfig:
     networks: tuple[str, ...] = ()  # networks of the precision map; empty: all of the bundle
     int8: Int8Config | None = None  # quantise the UNet+ControlNet to INT8 and judge it; None: skip
 
+    def __post_init__(self):
+        if self.networks and self.precision is None:  # else silently ignored
+            raise ValueError(f"--networks {','.join(self.networks)}: only the precision map takes networks;"
+                             " add --precision-map")
+
+
+def check_networks(networks: tuple[str, ...], bundle_networks) -> None:
+    """Raise naming the unknown names and the bundle's own (a KeyError traceback, before)."""
+    unknown = [n for n in networks if n not in bundle_networks]
+    if unknown:
+        raise ValueError(f"--networks {','.join(unknown)}: not in this bundle; expected a comma list of"
+                         f" {', '.join(bundle_networks)}")
+
 
 def calibrate(models: Models, cfg: CalibrateConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Run the steps ``cfg`` asks for on the bundle; returns what was written and measured."""
 
     bundle = Bundle.open(cfg.bundle)
     bundle.check(identity=models.identity())
+    check_networks(cfg.networks, list(bundle.manifest["networks"]))  # before a capture that takes minutes
     folder = bundle.root / FOLDER
     if cfg.capture is not None:
         progress("capturing inputs from reference runs")

@@ -216,7 +216,7 @@ def save_capture(cap: Capture, folder: str | Path) -> Path:
 def load_capture(folder: str | Path) -> Capture:
     """Read a capture written by :func:`save_capture`; CaptureError names what is wrong."""
     folder = Path(folder)
-    redo = "capture again: adabldm-calibrate --bundle BUNDLE (or re-export the bundle)"
+    redo = f"capture again: adabldm-calibrate --bundle {folder.parent} without --reuse-capture (or re-export the bundle)"
     if not (folder / INDEX).is_file():
         raise CaptureError(f"no capture in {folder} ({INDEX} missing); {redo}")
     info = read_versioned_json(folder / INDEX, FORMAT_VERSION, "capture", redo, CaptureError)

@@ -60,7 +60,8 @@ class Int8Config:
         if self.method not in METHODS:
             raise Int8Error(f"calibration method {self.method!r}: expected one of {', '.join(METHODS)}")
         if self.calibration_feeds < 1 or self.parity_samples < 1 or self.parity_steps < 2:
-            raise Int8Error("calibration_feeds and parity_samples must be >= 1, parity_steps >= 2")
+            raise Int8Error(f"calibration_feeds {self.calibration_feeds}, --parity-samples {self.parity_samples},"
+                            f" --parity-steps {self.parity_steps}: expected feeds and samples >= 1, steps >= 2")
 
 
 def quantizable_nodes(model, cfg: Int8Config) -> list[str]:
