@@ -325,6 +325,11 @@ def _foreground_for(image_path: Path, fg_files: Sequence[Path], shape: tuple[int
     return fg
 
 
+# A real defect mask marking more than this fraction of its image is likely inverted
+# (black defect on white): used as it is, its defect is nearly the whole image, silently.
+INVERTED_AT = 0.5
+
+
 def no_pixel_at_least(mask: np.ndarray, threshold: int) -> str:
     """Why a uint8 mask marks nothing at ``threshold``, with its largest value: a 0/1 mask
     (a common export) reads as empty, and 'no defect' alone left the user guessing."""
@@ -393,6 +398,9 @@ def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
             mask = read_gray(path)
             if not (mask >= threshold).any():
                 raise InputError(f"defect mask {path} has {no_pixel_at_least(mask, threshold)}")
+            if (mask >= threshold).mean() > INVERTED_AT:  # kept: an all-white mask is allowed
+                log.warning("defect mask %s marks %.0f%% of its image as defect: if its defect is the"
+                            " dark part, invert it (255 = defect)", path, 100 * (mask >= threshold).mean())
             if not (resize_gray(mask, res) >= threshold).any():
                 # Thinner than a pixel at the resolution (a 2 px scratch of a 1024 px mask at
                 # 256): each sample drawing it failed, naming no file. Masks that survive the

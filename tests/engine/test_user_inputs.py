@@ -217,3 +217,16 @@ def test_macos_appledouble_files_are_not_images(tmp_path, make_image):
     make_image(tmp_path / "a.png")
     (tmp_path / "._a.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(64))
     assert [p.name for p in list_images(tmp_path, "OK image")] == ["a.png"]
+
+
+def test_mask_marking_most_of_its_image_is_used_with_a_warning(tmp_path, job_config, caplog):
+    """An inverted mask (black defect on white) became a defect over nearly the whole
+    image without a word."""
+    inverted = np.full((64, 64), 255, np.uint8)
+    inverted[20:30, 20:30] = 0
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(inverted).save(tmp_path / "masks" / "inv.png")
+    with caplog.at_level("WARNING", logger="adabldm"):
+        source = job.load_mask_source(job_config(tmp_path / "out", masks=tmp_path / "masks"), skipped := [])
+    assert skipped == [] and len(source.masks) == 1
+    assert "inv.png marks 98% of its image as defect: if its defect is the dark part, invert it" in caplog.text
