@@ -59,13 +59,21 @@ def _subfolder_hint(folder: Path) -> str:
     return f"; its subfolders {shown} do: pass one of them (e.g. {folder / subs[0]})"
 
 
+def _white(mode: str, a: np.ndarray) -> float:
+    """The value of white in a 16-bit, 32-bit integer or float image: 65535 for 16 bits (or
+    values past 255), 1 for a float image within [0, 1] (the float convention; taken as
+    0..255 it read as black), else 255."""
+    if mode.startswith("I;16") or a.max() > 255:
+        return 65535.0
+    return 1.0 if mode == "F" and a.max() <= 1.0 else 255.0
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode in ("L", "RGB", "RGBA"):
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        return Image.fromarray(np.clip(a / _white(image.mode, a) * 255.0 + 0.5, 0, 255).astype(np.uint8))
     return image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
 
 

@@ -230,3 +230,13 @@ def test_mask_marking_most_of_its_image_is_used_with_a_warning(tmp_path, job_con
         source = job.load_mask_source(job_config(tmp_path / "out", masks=tmp_path / "masks"), skipped := [])
     assert skipped == [] and len(source.masks) == 1
     assert "inv.png marks 98% of its image as defect: if its defect is the dark part, invert it" in caplog.text
+
+
+def test_float_image_within_0_1_is_read_with_1_as_white(tmp_path):
+    """A float TIFF in [0, 1] was scaled as 0..255: an all-black OK image (or empty mask)."""
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    Image.fromarray(ramp).save(tmp_path / "f.tif")
+    array = read_image(tmp_path / "f.tif")
+    assert array[0, 0] == 0 and array[-1, -1] == 255 and abs(int(array[32, 0]) - 128) <= 1
+    Image.fromarray(ramp * 255).save(tmp_path / "f255.tif")  # a float image in 0..255: as it is
+    assert read_image(tmp_path / "f255.tif")[-1, -1] == 255 and read_image(tmp_path / "f255.tif")[0, 0] == 0
