@@ -152,6 +152,8 @@ def run_samples(cfg: SamplesConfig, progress: bool = True) -> dict:
     write_text(cfg.report / "samples.md", markdown(report))
     if len(order):
         write_png(cfg.report / "worst.png", _worst_sheet(order, rows, images, masks, sources))
+    else:  # an earlier run's sheet would contradict this report
+        (cfg.report / "worst.png").unlink(missing_ok=True)
     return report
 
 

@@ -101,3 +101,18 @@ def test_a_manifest_line_whose_mask_is_missing_names_the_mask(tmp_path):
     result = run("samples", out, "--quiet")
     assert result.exit_code == 2, result.output
     assert "line 1: its mask texture/ground_truth/crack/000_mask.png not found" in result.output
+
+
+def test_a_rerun_without_worst_samples_removes_the_earlier_sheet(tmp_path):
+    out = tmp_path / "out"
+    category(out / "texture", defects=2, good=False)
+    quality = {"bg_psnr": 30.0, "bg_ssim": 0.9, "defect_strength": 3.0, "seam": 5.0, "leakage": 1.0}
+    lines = [{"defect": "crack", "index": i, "image": f"texture/test/crack/{i:03d}.png",
+              "mask": f"texture/ground_truth/crack/{i:03d}_mask.png", "quality": quality} for i in range(2)]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert run("samples", out, "--quiet").exit_code == 0
+    assert (out / "eval" / "worst.png").is_file()
+    result = run("samples", out, "--worst", "0", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert not (out / "eval" / "worst.png").exists()
+    assert "Worst samples: none listed" in (out / "eval" / "samples.md").read_text()
