@@ -564,12 +564,25 @@ class _ManifestRead:
 
 
 def _read_manifest(path: Path, layout: Layout, run_key: str) -> _ManifestRead:
+    """The lines of one manifest. A torn line (a run killed mid-write) is dropped, but a
+    manifest*.jsonl of another tool is refused: rewritten without its lines, it was lost."""
     read = _ManifestRead()
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not an adabldm manifest (not text: {exc}); choose another --out") from None
+    for n, line in enumerate(text.splitlines(), 1):
         try:
             entry = json.loads(line)
+        except ValueError:
+            read.incomplete += 1
+            continue
+        if not (isinstance(entry, dict) and {"index", "run_key", "image"} <= entry.keys()):
+            raise InputError(f"{path} is not an adabldm manifest (line {n}: {line[:80]}): --out holds another"
+                             " tool's file; choose another --out")
+        try:
             i = int(entry["index"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, TypeError):
             read.incomplete += 1
             continue
         if entry.get("defect", layout.defect) != layout.defect:

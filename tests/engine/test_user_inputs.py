@@ -240,3 +240,19 @@ def test_float_image_within_0_1_is_read_with_1_as_white(tmp_path):
     assert array[0, 0] == 0 and array[-1, -1] == 255 and abs(int(array[32, 0]) - 128) <= 1
     Image.fromarray(ramp * 255).save(tmp_path / "f255.tif")  # a float image in 0..255: as it is
     assert read_image(tmp_path / "f255.tif")[-1, -1] == 255 and read_image(tmp_path / "f255.tif")[0, 0] == 0
+
+
+@pytest.mark.parametrize("content", [b'{"file": "x.png", "label": 1}\n{"file": "y.png", "label": 0}\n',
+                                     b"\x89PNG\r\n\x1a\n\xff\xfe binary"])
+def test_another_tools_manifest_in_out_is_refused_and_kept(tmp_path, content):
+    """A manifest.jsonl of another tool in --out was 'dropped ... unreadable line(s)' and
+    rewritten without them (the user's file lost); a binary one raised UnicodeDecodeError
+    naming no file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_bytes(content)
+    layout = job.Layout(out, "texture", "defect")
+    with pytest.raises(InputError, match=r"manifest\.jsonl is not an adabldm manifest .*choose another --out"):
+        job.open_run(layout, {"run_key": "0123456789abcdef"}, 1, [])
+    assert (out / "manifest.jsonl").read_bytes() == content
+    assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]
