@@ -122,16 +122,15 @@ def worst_rel_l2(report: dict[str, dict[str, float]]) -> float:
 
 
 def staging_dir(out: Path) -> Path:
-    """Where an export is written before it replaces ``out``'s bundle (a sibling: same file system)."""
-    out = out.resolve()  # "." or "x/.." have no name of their own
-    return out.with_name(f".{out.name}.exporting")
+    """Where an export is written before it replaces ``out``'s bundle: inside it, so on the
+    same file system and writable wherever ``out`` is (its parent may not be)."""
+    return out / ".exporting"
 
 
 def install_staged(staged: Path, out: Path) -> None:
     """Move every entry of ``staged`` into ``out``, replacing same-named ones, the manifest last.
 
     Entries of ``out`` the export does not write (``trt/``, the user's files) stay."""
-    out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # from here until the last rename: an unfinished bundle
     for entry in sorted(staged.iterdir(), key=lambda p: p.name == MANIFEST):
         target = out / entry.name
@@ -155,24 +154,26 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         raise BundleError(f"{out} already holds a bundle; pass --force to overwrite it")
     if out.exists() and not out.is_dir():
         raise BundleError(f"--out {out} is a file: expected a bundle folder")
+    created = not out.exists()
     staged = staging_dir(out)
     shutil.rmtree(staged, ignore_errors=True)  # an interrupted export's leftovers
     try:
         manifest = _export_into(models, dataclasses.replace(cfg, out=staged), cfg, progress)
         install_staged(staged, out)
     except ExportValidationError:
-        out.mkdir(parents=True, exist_ok=True)  # the report stays where the user looks for it
-        (staged / "validation.json").replace(out / "validation.json")
+        (staged / "validation.json").replace(out / "validation.json")  # the report stays where users look
         raise
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):  # nothing written: no empty folder either
+            out.rmdir()
     return manifest
 
 
 def _export_into(models: Models, cfg: ExportConfig, user_cfg: ExportConfig, progress: Callable[[str], None]) -> dict:
     """The export itself, into ``cfg.out`` (the staging folder); ``user_cfg``: as asked, for the record."""
     out = cfg.out
-    out.mkdir(parents=True)
+    out.mkdir(parents=True)  # and --out above it
     specs = network_specs(models, cfg.resolution, cfg.split_controlnet)
     modules = network_modules(models)
     vocab = models.text_encoder.config.vocab_size

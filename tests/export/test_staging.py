@@ -42,6 +42,10 @@ def test_a_forced_export_that_fails_leaves_the_existing_bundle_as_it_was(tmp_pat
         export_bundle(build_tiny(), small(out, ok_images=(str(bad),), force=True))
     assert _files(out) == before
     assert not staging_dir(out).exists()
+    new = tmp_path / "new"  # and a first export that fails leaves no folder behind
+    with pytest.raises(ValueError, match="broken.png"):
+        export_bundle(build_tiny(), small(new, ok_images=(str(bad),)))
+    assert not new.exists()
 
 
 def test_an_interrupted_export_leaves_the_bundle_then_a_rerun_replaces_it(tmp_path, monkeypatch):
