@@ -46,8 +46,6 @@ def controlnet_choice(controlnet: str | None, defect: str | None) -> str:
 def load_demo(controlnet: str | None = None, defect: str | None = None, allow_pickle: bool = False):
     """The demo Models in float32 (weights stored fp16). ``controlnet``: a demo defect
     name, or a path to a ControlNet trained on the demo base (adabldm-train --model demo)."""
-    import torch
-
     from ..models import load_controlnet, load_pretrained
 
     verify()
@@ -57,20 +55,18 @@ def load_demo(controlnet: str | None = None, defect: str | None = None, allow_pi
     if path is None:
         models.controlnet = load_controlnet(choice, models.unet, allow_pickle)
     for module in models.modules().values():
-        module.to(torch.float32)
+        module.float()  # not .to(dtype): diffusers warns on that even with nothing to keep in fp32
     models.name = f"{DEMO}:{choice}" if path else DEMO
     return models.eval_()
 
 
 def load_demo_base():
     """The demo base networks with an untrained ControlNet (for adabldm-train --model demo)."""
-    import torch
-
     from ..models import load_pretrained
 
     verify()
     models = load_pretrained(WEIGHTS, None)
     for module in models.modules().values():
-        module.to(torch.float32)
+        module.float()  # not .to(dtype): diffusers warns on that even with nothing to keep in fp32
     models.name = DEMO
     return models
