@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+# calibration.capture.MIN_STEPS (tested equal): importing it here would load torch before --help
+MIN_STEPS = 5
+
 
 def _networks(ctx, param, value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -24,15 +27,15 @@ def _fmt(x) -> str:
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--reuse-capture", is_flag=True, help="Use the bundle's capture instead of capturing again.")
 @click.option("--ok-images", type=click.Path(file_okay=False, path_type=Path), help="Folder of OK images to capture on. [default: scikit-image textures]")
-@click.option("--steps", default=10, show_default=True, help="DDIM steps of the captured reference runs.")
-@click.option("--samples-per-image", default=2, show_default=True, help="Captured samples per OK image (own seed and mask each).")
+@click.option("--steps", default=10, show_default=True, type=click.IntRange(min=MIN_STEPS), help=f"DDIM steps of the captured reference runs (at least {MIN_STEPS}: every stage runs).")
+@click.option("--samples-per-image", default=2, show_default=True, type=click.IntRange(min=1), help="Captured samples per OK image (own seed and mask each).")
 @click.option("--seed", default=0, show_default=True, help="Base seed of the captured samples.")
 @click.option("--precision-map", is_flag=True, help="Find the layers FP16 builds must keep in FP32 (PyTorch on the CPU).")
 @click.option("--networks", default="", callback=_networks, help="Networks of the precision map, comma list. [default: all]")
 @click.option("--int8", is_flag=True, help="Quantise the UNet+ControlNet to INT8 (ONNX Runtime QDQ) and compare end to end.")
 @click.option("--int8-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True, help="INT8 calibration method.")
-@click.option("--parity-samples", default=2, show_default=True, help="Held-out samples of the INT8 vs FP32 comparison.")
-@click.option("--parity-steps", default=10, show_default=True, help="DDIM steps of the INT8 vs FP32 comparison.")
+@click.option("--parity-samples", default=2, show_default=True, type=click.IntRange(min=1), help="Held-out samples of the INT8 vs FP32 comparison.")
+@click.option("--parity-steps", default=10, show_default=True, type=click.IntRange(min=2), help="DDIM steps of the INT8 vs FP32 comparison.")
 def main(bundle, model, controlnet, allow_pickle, reuse_capture, ok_images, steps, samples_per_image, seed,
          precision_map, networks, int8, int8_method, parity_samples, parity_steps):
     """Capture real inputs into a bundle, find its FP16 precision map, quantise it to INT8.

@@ -8,6 +8,9 @@ from pathlib import Path
 import click
 from adabldm_core.precision import PRECISIONS, choices
 
+# calibration.capture.MIN_STEPS (tested equal): importing it here would load torch before --help
+MIN_STEPS = 5
+
 
 def _batches(ctx, param, value: str) -> tuple[int, ...]:
     try:
@@ -34,17 +37,17 @@ def _resolution(ctx, param, value: int) -> int:
 @click.option("--allow-pickle", is_flag=True, help="Allow pickle (.ckpt/.pt/.bin) ControlNet checkpoints.")
 @click.option("--resolution", default=256, show_default=True, callback=_resolution, help="Working resolution, a multiple of 64 (static in the graphs).")
 @click.option("--batch", "batch_sizes", default="1,4", show_default=True, callback=_batches, help="Sample batch sizes the bundle serves (dynamic axis; CFG graphs take 2x).")
-@click.option("--opset", default=17, show_default=True, help="ONNX opset of the TorchScript exporter.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=11), help="ONNX opset of the TorchScript exporter.")
 @click.option("--dynamo", is_flag=True, help="Use the torch.export-based exporter (opset 18; needs onnxscript).")
 @click.option("--split-controlnet", is_flag=True, help="Export ControlNet and UNet as two graphs instead of one.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxslim simplification.")
 @click.option("--ok-images", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of OK images whose runs are captured for validation and calibration. [default: scikit-image textures]")
-@click.option("--capture-steps", default=10, show_default=True, help="DDIM steps of the captured reference runs.")
+@click.option("--capture-steps", default=10, show_default=True, type=click.IntRange(min=MIN_STEPS), help=f"DDIM steps of the captured reference runs (at least {MIN_STEPS}: every stage runs).")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle in --out.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines into OUT/trt (needs tensorrt and a CUDA GPU); on an existing bundle without --force, build only the engines.")
 @click.option("--trt-dynamic", is_flag=True, help="TensorRT: one engine per network for batches min..max of --batch, instead of one static engine per batch size.")
 @click.option("--trt-precision", type=click.Choice(choices(PRECISIONS)), default="fp16", show_default=True, help="TensorRT precision (fp16: strongly typed; a VAE with non-finite fp16 outputs is rebuilt in fp32).")
-@click.option("--trt-workspace", default=4.0, show_default=True, help="TensorRT builder workspace cap in GiB.")
+@click.option("--trt-workspace", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="TensorRT builder workspace cap in GiB.")
 def main(out, model, controlnet, allow_pickle, resolution, batch_sizes, opset, dynamo, split_controlnet, no_simplify,
          ok_images, capture_steps, force, trt, trt_dynamic, trt_precision, trt_workspace):
     """Export AdaBLDM's networks to ONNX, validate them against PyTorch, write a bundle.

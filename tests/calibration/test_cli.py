@@ -25,7 +25,19 @@ def test_calibrate_fails_clearly_on_a_missing_bundle(tmp_path):
     result = CliRunner().invoke(main, ["--bundle", str(tmp_path / "nowhere"), "--reuse-capture"])
     assert result.exit_code == 1 and "error: bundle not found" in result.output
     bad = CliRunner().invoke(main, ["--bundle", str(tmp_path), "--steps", "3"])
-    assert bad.exit_code == 1 and "error: capture steps 3" in bad.output
+    assert bad.exit_code == 2 and "--steps" in bad.output and "3 is not in the range x>=5" in bad.output
+
+
+def test_the_clis_step_floor_is_the_captures(tmp_path):
+    from adabldm_calibration import cli as calibrate_cli
+    from adabldm_calibration.capture import MIN_STEPS
+    from adabldm_export import cli as export_cli
+
+    assert calibrate_cli.MIN_STEPS == export_cli.MIN_STEPS == MIN_STEPS
+    for args in (["--capture-steps", "2"], ["--opset", "3"], ["--trt-workspace", "0"]):
+        bad = CliRunner().invoke(export_cli.main, ["--out", str(tmp_path / "b"), *args])
+        assert bad.exit_code == 2 and args[0] in bad.output, bad.output
+        assert not (tmp_path / "b").exists()
 
 
 def test_export_captures_the_users_ok_images(ok_image_files, tmp_path):
