@@ -352,6 +352,7 @@ def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
     for path in paths:
         try:
             array = read_image(path)
+            _warn_if_squashed(path, array.shape[:2], res)
             fg = None
             if fg_files:
                 fg_raw = _foreground_for(path, fg_files, array.shape[:2])
@@ -367,6 +368,18 @@ def load_ok_images(cfg: JobConfig, skipped: list[str]) -> list[OkImage]:
     if not images:
         raise InputError(f"none of the OK images in {cfg.images} could be used")
     return images
+
+
+SQUASH_WARN = 1.5  # aspect ratio past which resizing to a square visibly distorts defects
+
+
+def _warn_if_squashed(path: Path, shape: tuple[int, int], res: int) -> None:
+    """The image is resized to a square as it is: say so where that distorts it (a 2000 x
+    100 strip came out squashed without a word), so the user can crop it first."""
+    h, w = shape
+    if max(h, w) / min(h, w) > SQUASH_WARN:
+        log.warning("%s: %dx%d is squashed to %dx%d (aspect %.1f:1); crop it to square regions first"
+                    " for undistorted defects", path, w, h, res, res, max(h, w) / min(h, w))
 
 
 def _with_foreground(ok: OkImage, cfg: JobConfig) -> OkImage:

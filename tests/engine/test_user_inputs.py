@@ -256,3 +256,13 @@ def test_another_tools_manifest_in_out_is_refused_and_kept(tmp_path, content):
         job.open_run(layout, {"run_key": "0123456789abcdef"}, 1, [])
     assert (out / "manifest.jsonl").read_bytes() == content
     assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]
+
+
+def test_an_elongated_image_is_used_with_a_warning_that_it_is_squashed(tmp_path, job_config, make_image, caplog):
+    make_image(tmp_path / "images" / "strip.png", height=40, width=400)
+    make_image(tmp_path / "images" / "square.png", height=64, width=70)
+    with caplog.at_level("WARNING", logger="adabldm"):
+        images = job.load_ok_images(job_config(tmp_path / "out", images=tmp_path / "images"), skipped := [])
+    assert skipped == [] and len(images) == 2
+    assert "strip.png: 400x40 is squashed to 64x64 (aspect 10.0:1)" in caplog.text
+    assert "square.png" not in caplog.text
