@@ -1,6 +1,7 @@
 """adabldm-calibrate on options a user gets wrong: an unknown --networks name, --networks
 without --precision-map, bad INT8 parity settings, a bundle whose capture is gone. Each is
-one error line naming the value (exit 1, as the command documents), never a traceback."""
+one error line naming the value (exit 1; an option value out of its range: usage, exit 2),
+never a traceback."""
 from __future__ import annotations
 
 import shutil
@@ -34,8 +35,12 @@ def test_networks_without_the_precision_map_is_refused(tmp_path):
 
 def test_bad_int8_parity_settings_name_the_values(tmp_path):
     result = run("--bundle", tmp_path, "--reuse-capture", "--int8", "--parity-samples", "0")
-    assert result.exit_code == 1, result.output
-    assert "--parity-samples 0" in result.output and "expected" in result.output
+    assert result.exit_code == 2, result.output  # a usage error, before the bundle is read
+    assert "--parity-samples" in result.output and "0 is not in the range x>=1" in result.output
+    from adabldm_calibration.int8 import Int8Config, Int8Error
+
+    with pytest.raises(Int8Error, match="--parity-samples 0"):  # the API refuses it too, naming it
+        Int8Config(parity_samples=0)
 
 
 def test_a_missing_capture_says_how_to_capture_this_bundle_again(calib_bundle, tmp_path):
