@@ -490,7 +490,7 @@ def test_trained_controlnet_in_adabldm_export(trained, job_inputs, reference_run
     initial, reference = reference_runs
     bundle = tmp_path / "bundle"
     exported = CliRunner().invoke(export_main, ["--out", str(bundle), "--controlnet", str(report.out / "controlnet"),
-                                                "--resolution", "64", "--batch", "1", "--capture-steps", "2"])
+                                                "--resolution", "64", "--batch", "1", "--capture-steps", "5"])
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model"]["identity"] == load_models(None, str(report.out / "controlnet")).identity()
