@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -68,6 +69,21 @@ def _white(mode: str, a: np.ndarray) -> float:
     return 1.0 if mode == "F" and a.max() <= 1.0 else 255.0
 
 
+log = logging.getLogger("adabldm")
+TWELVE_BIT_MAX = 4095
+
+
+def _warn_if_12_bit(path: Path, image: Image.Image) -> None:
+    """A 16-bit gray image whose values stop at 4095 is most likely a 12-bit camera's data:
+    scaled against 65535, as 16 bits are, it reads nearly black. Say so; rescaling is the
+    user's call (a dark 16-bit image is possible too)."""
+    if image.mode.startswith("I;16"):
+        peak = int(np.asarray(image).max())
+        if 0 < peak <= TWELVE_BIT_MAX:
+            log.warning("%s: a 16-bit image whose values stop at %d (12-bit data?) reads nearly black scaled"
+                        " to 16 bits; multiply it by 16 first if it is 12-bit", path, peak)
+
+
 def _to_8bit(image: Image.Image) -> Image.Image:
     if image.mode in ("L", "RGB", "RGBA"):
         return image
@@ -86,6 +102,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            _warn_if_12_bit(path, im)
             array = np.asarray(_to_8bit(ImageOps.exif_transpose(im)))
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None

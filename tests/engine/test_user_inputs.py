@@ -266,3 +266,17 @@ def test_an_elongated_image_is_used_with_a_warning_that_it_is_squashed(tmp_path,
     assert skipped == [] and len(images) == 2
     assert "strip.png: 400x40 is squashed to 64x64 (aspect 10.0:1)" in caplog.text
     assert "square.png" not in caplog.text
+
+
+def test_twelve_bit_data_in_a_16_bit_image_is_read_with_a_warning(tmp_path, caplog):
+    """12-bit camera data in a 16-bit PNG is scaled against 65535 and reads nearly black:
+    it is read as it is (a dark 16-bit image is possible) but the user is told."""
+    values = (np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "twelve.png")
+    Image.fromarray(values * 16).save(tmp_path / "sixteen.png")
+    with caplog.at_level("WARNING", logger="adabldm"):
+        dark = read_image(tmp_path / "twelve.png")
+        full = read_image(tmp_path / "sixteen.png")
+    assert dark.max() <= 16 and full.max() == 255
+    assert "twelve.png: a 16-bit image whose values stop at 4095 (12-bit data?)" in caplog.text
+    assert "sixteen.png" not in caplog.text
