@@ -117,12 +117,21 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_gray(path: str | Path) -> np.ndarray:
     """uint8 (H, W) of a mask file: colour masks as luminance, masks with alpha as
-    luminance x alpha (:func:`over_black`)."""
+    luminance x alpha, or as the alpha where the colour is flat (:func:`mask_of_rgba`)."""
     array = read_image(path)
     if array.ndim == 3:
         gray = np.asarray(Image.fromarray(array[:, :, :3]).convert("L"))
-        array = over_black(gray, array[:, :, 3]) if array.shape[2] == 4 else gray
+        array = mask_of_rgba(gray, array[:, :, 3]) if array.shape[2] == 4 else gray
     return array
+
+
+def mask_of_rgba(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """A mask file with alpha: ``gray`` over black (:func:`over_black`), or the alpha itself
+    where the colour is one flat value and only the alpha varies (a stencil exported as
+    black with the defect in alpha read as no defect at all)."""
+    if gray.min() == gray.max() and alpha.min() != alpha.max():
+        return alpha.copy()
+    return over_black(gray, alpha)
 
 
 def over_black(gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:

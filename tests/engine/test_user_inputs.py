@@ -280,3 +280,18 @@ def test_twelve_bit_data_in_a_16_bit_image_is_read_with_a_warning(tmp_path, capl
     assert dark.max() <= 16 and full.max() == 255
     assert "twelve.png: a 16-bit image whose values stop at 4095 (12-bit data?)" in caplog.text
     assert "sixteen.png" not in caplog.text
+
+
+def test_a_mask_drawn_only_in_its_alpha_is_read_from_the_alpha(tmp_path):
+    """Black everywhere, the defect in alpha (a stencil export): over black it read as no
+    defect at all and was skipped."""
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[10:20, 30:40, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "stencil.png")
+    mask = read_gray(tmp_path / "stencil.png")
+    assert mask[10:20, 30:40].min() == 255 and mask.sum() == 100 * 255
+    painted = np.zeros((64, 64, 4), np.uint8)  # white strokes with alpha: still the painted layer
+    painted[..., :3], painted[5:9, 5:9, 3] = 255, 255
+    painted[5:9, 5:9, :3] = 255
+    Image.fromarray(painted, "RGBA").save(tmp_path / "painted.png")
+    assert read_gray(tmp_path / "painted.png").sum() == 16 * 255
