@@ -23,7 +23,7 @@ from adabldm_calibration.capture import (
     save_capture,
 )
 from adabldm_calibration.loader import captured_feeds
-from adabldm_core.io import file_sha256, write_json
+from adabldm_core.io import file_sha256, folder_lock, write_json
 from adabldm_core.precision import EXPORT_PRECISIONS, Precision
 from adabldm_engine.backends import OrtBackend, TorchBackend
 from adabldm_engine.bundle import DECODER_KEYS, FORMAT_VERSION, MANIFEST, BundleError
@@ -121,6 +121,9 @@ def worst_rel_l2(report: dict[str, dict[str, float]]) -> float:
     return max(v["rel_l2"] for v in report.values())
 
 
+EXPORT_LOCK = ".adabldm-export.lock"
+
+
 def staging_dir(out: Path) -> Path:
     """Where an export is written before it replaces ``out``'s bundle: inside it, so on the
     same file system and writable wherever ``out`` is (its parent may not be)."""
@@ -154,19 +157,19 @@ def export_bundle(models: Models, cfg: ExportConfig, progress: Callable[[str], N
         raise BundleError(f"{out} already holds a bundle; pass --force to overwrite it")
     if out.exists() and not out.is_dir():
         raise BundleError(f"--out {out} is a file: expected a bundle folder")
-    created = not out.exists()
-    staged = staging_dir(out)
-    shutil.rmtree(staged, ignore_errors=True)  # an interrupted export's leftovers
-    try:
-        manifest = _export_into(models, dataclasses.replace(cfg, out=staged), cfg, progress)
-        install_staged(staged, out)
-    except ExportValidationError:
-        (staged / "validation.json").replace(out / "validation.json")  # the report stays where users look
-        raise
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-        if created and out.is_dir() and not any(out.iterdir()):  # nothing written: no empty folder either
-            out.rmdir()
+    # One export per --out at a time (a second shared the staging folder); the lock also
+    # removes a --out it made if nothing was written into it.
+    with folder_lock(out, EXPORT_LOCK):
+        staged = staging_dir(out)
+        shutil.rmtree(staged, ignore_errors=True)  # an interrupted export's leftovers
+        try:
+            manifest = _export_into(models, dataclasses.replace(cfg, out=staged), cfg, progress)
+            install_staged(staged, out)
+        except ExportValidationError:
+            (staged / "validation.json").replace(out / "validation.json")  # the report stays where users look
+            raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
     return manifest
 
 

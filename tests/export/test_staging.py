@@ -86,3 +86,16 @@ def test_resolution_not_a_multiple_of_64_is_a_usage_error_with_nothing_written(t
     assert not out.exists()
     with pytest.raises(ValueError, match="resolution 100"):
         ExportConfig(out=out, resolution=100)
+
+
+def test_a_second_export_into_the_same_out_is_refused_and_touches_nothing(tmp_path):
+    """Two exports at once shared one staging folder, each deleting the other's graphs."""
+    from adabldm_core.io import InputError, folder_lock
+    from adabldm_export.bundle import EXPORT_LOCK
+
+    out = tmp_path / "bundle"
+    before = _fake_bundle(out)
+    with folder_lock(out, EXPORT_LOCK):  # as the first export holds it
+        with pytest.raises(InputError, match="in use by another run"):
+            export_bundle(build_tiny(), small(out, force=True))
+    assert _files(out) == before and not staging_dir(out).exists()
