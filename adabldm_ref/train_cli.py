@@ -5,15 +5,13 @@ neither (the defaults below are checked against TrainConfig's by the tests).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
+from adabldm_core.signals import sigterm_as_interrupt
 
 EXIT_OK, EXIT_ERROR, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 3, 130  # adabldm-run's codes
 
@@ -67,26 +65,6 @@ def _device(value: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _terminated(signum, frame):
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (``timeout``, a batch scheduler's preemption, ``kill``) stops the run as
-    Ctrl-C does: the lock is released, the resume hint printed, exit 130; untrapped it
-    ended silently, leaving the lock file behind. The old handler is put back after (the
-    command also runs inside test processes); off the main thread signals cannot be set."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 folder = click.Path(file_okay=False, path_type=Path)
 
 
@@ -134,7 +112,7 @@ def main(quiet, scale_range, device, **options):
     the warnings and train.json), 130 interrupted (Ctrl-C or SIGTERM; resume by rerunning).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         _main(quiet, scale_range, device, options)
 
 

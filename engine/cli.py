@@ -9,13 +9,11 @@ from __future__ import annotations
 import logging
 import math
 import re
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from adabldm_core.signals import sigterm_as_interrupt
 
 from .gate import (
     DEFAULT_MAX_ATTEMPTS,
@@ -218,7 +216,7 @@ def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreg
     if check:
         sys.exit(_check(cfg))
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             report = _run(cfg, shard, ray_address, actors, quiet)
     except KeyboardInterrupt:  # before the job loop started (loading); nothing to keep
         click.echo("interrupted", err=True)
@@ -250,25 +248,6 @@ def main(ctx, batch_mode, out, category, num, object_name, defect, images, foreg
         click.echo(f"error: {report.error}", err=True)
     if report.exit_code:
         sys.exit(report.exit_code)
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (kill, timeout, a batch scheduler's stop) as Ctrl-C inside the block: the job
-    keeps what is finished, writes the contact sheet and exits 130, instead of dying with
-    143 mid-way. Only the main thread can set a handler; elsewhere SIGTERM stays as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _scale_out_usage(shard, ray_address, actors) -> None:
