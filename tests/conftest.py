@@ -116,3 +116,32 @@ def load_benchmark():
     for name in loaded:
         sys.modules.pop(name, None)
     sys.path.remove(folder)
+
+
+@pytest.fixture
+def sigterm_when():
+    """``sigterm_when(args, ready, env=None, wait=300)`` -> (exit code, output): runs
+    ``python args...`` (one OpenMP thread), sends it SIGTERM once ``ready()`` holds, and
+    returns its code and its stdout and stderr together. Fails if it ends first or ``ready``
+    does not hold within ``wait`` seconds."""
+    import signal
+    import subprocess
+    import time
+
+    def run(args, ready, env=None, wait: float = 300):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        proc = subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + wait
+            while not ready():
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, f"not ready within {wait} s"
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            output, _ = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        return proc.returncode, output
+
+    return run

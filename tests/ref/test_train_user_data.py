@@ -234,30 +234,15 @@ def test_a_run_whose_checkpoints_were_deleted_says_it_starts_again(mvtec, tmp_pa
     assert "records step 1 but" in caplog.text and "holds no checkpoint: training again from step 0" in caplog.text
 
 
-def test_sigterm_stops_the_run_as_ctrl_c_does(mvtec, tmp_path):
+def test_sigterm_stops_the_run_as_ctrl_c_does(mvtec, tmp_path, sigterm_when):
     """``timeout`` and batch schedulers send SIGTERM: it ended the run silently (exit -15),
     its lock file left behind; now the resume hint, exit 130, the lock released."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "run"
     args = cli_args(mvtec, out, "--steps", "1000", "--checkpoint-every", "1", "--device", "cpu")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ADABLDM_MODEL": "tiny"}
-    proc = subprocess.Popen([sys.executable, "-m", "adabldm_ref.train_cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoints" / "step-00000001.pt").is_file() and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, output
+    first = out / "checkpoints" / "step-00000001.pt"
+    returncode, output = sigterm_when(["-m", "adabldm_ref.train_cli", *args], first.is_file,
+                                      env={"ADABLDM_MODEL": "tiny"}, wait=240)
+    assert returncode == 130, output
     assert "interrupted; rerun the same command to resume" in output and "Traceback" not in output
     assert not (out / LOCK_NAME).exists()
     assert json.loads((out / "train.json").read_text())["status"] == "running"
