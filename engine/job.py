@@ -409,16 +409,17 @@ def load_mask_source(cfg: JobConfig, skipped: list[str]) -> MaskSource:
     for path in list_images(cfg.masks, "defect mask"):
         try:
             mask = read_gray(path)
-            if not (mask >= threshold).any():
+            marked = mask >= threshold
+            if not marked.any():
                 raise InputError(f"defect mask {path} has {no_pixel_at_least(mask, threshold)}")
-            if (mask >= threshold).mean() > INVERTED_AT:  # kept: an all-white mask is allowed
+            if marked.mean() > INVERTED_AT:  # kept: an all-white mask is allowed
                 log.warning("defect mask %s marks %.0f%% of its image as defect: if its defect is the"
-                            " dark part, invert it (255 = defect)", path, 100 * (mask >= threshold).mean())
+                            " dark part, invert it (255 = defect)", path, 100 * marked.mean())
             if not (resize_gray(mask, res) >= threshold).any():
                 # Thinner than a pixel at the resolution (a 2 px scratch of a 1024 px mask at
                 # 256): each sample drawing it failed, naming no file. Masks that survive the
                 # resize are kept as they are (their bytes are in the run key).
-                mask = touched_at(mask >= threshold, res)
+                mask = touched_at(marked, res)
                 log.warning("defect mask %s: its defect is thinner than a pixel at %d px; resampled to"
                             " every pixel it touches", path, res)
             masks.append((str(path), mask))
